@@ -1,0 +1,1 @@
+"""personal-rm: personalized reward models. This package is the Ray-free core library."""

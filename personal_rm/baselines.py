@@ -1,0 +1,174 @@
+"""The three baselines every personalized method must beat, on the same features.
+
+- `GlobalBT`: one Bradley-Terry reward for everybody (logistic regression on feature
+  differences), its strength chosen by cross-validation grouped by user.
+- `PerUserBT`: each user's own Bradley-Terry reward, a MAP estimate whose Gaussian prior is
+  centred on the global reward: with no data a user *is* the global model, and every
+  comparison moves it away by as much as the evidence warrants.
+- `LowRankBT` (LoRe): a shared basis of `rank` reward directions learned on seen users; a
+  user is a point on the simplex over them, so a new user fits only `rank` numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import GroupKFold
+
+from personal_rm.features import PairSet
+from personal_rm.reward import LinearReward
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    global_cs: int = Field(
+        8, description="Grid size of inverse regularisation strengths for global BT CV."
+    )
+    user_l2: float = Field(
+        2.0,
+        description="Precision of the per-user prior around the global reward: how much "
+        "evidence it takes to move a user away from it.",
+    )
+    rank: int = Field(4, description="Number of LoRe basis directions; the papers use a handful.")
+    basis_l2: float = Field(
+        1e-3, description="Weight decay on the LoRe basis, which is otherwise unbounded."
+    )
+    weight_l2: float = Field(
+        0.1, description="Pull of a new user's simplex logits towards the seen users' mean."
+    )
+    max_iter: int = Field(200, description="L-BFGS iterations for the per-user and low-rank fits.")
+    seed: int = 0
+
+
+def differences(pairs: PairSet) -> np.ndarray:
+    return (pairs.chosen - pairs.rejected).astype(np.float64)
+
+
+def fit_global_theta(pairs: PairSet, config: BaselineConfig) -> np.ndarray:
+    """Logistic regression on +/- differences (no intercept: BT is symmetric)."""
+    diff = differences(pairs)
+    x = np.concatenate([diff, -diff])
+    y = np.concatenate([np.ones(len(diff)), np.zeros(len(diff))])
+    groups = np.concatenate([pairs.user_ids, pairs.user_ids])
+    folds = min(5, len(np.unique(groups)))
+    cv = list(GroupKFold(folds).split(x, y, groups)) if folds >= 2 else 3
+    model = LogisticRegressionCV(
+        Cs=config.global_cs,
+        cv=cv,
+        fit_intercept=False,
+        max_iter=2000,
+        scoring="neg_log_loss",
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+    )
+    return model.fit(x, y).coef_[0]
+
+
+def lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int) -> None:
+    optimizer = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+
+
+def user_index(pairs: PairSet, users: Sequence[str]) -> torch.Tensor:
+    position = {u: i for i, u in enumerate(users)}
+    return torch.as_tensor([position[u] for u in pairs.user_ids], dtype=torch.long)
+
+
+class GlobalBT:
+    name = "bt_global"
+
+    def __init__(self, config: BaselineConfig | None = None):
+        self.config = config or BaselineConfig()
+
+    def fit(self, train: PairSet) -> None:
+        self.reward = LinearReward(fit_global_theta(train, self.config))
+
+    def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
+        return dict.fromkeys(users, self.reward)
+
+
+class PerUserBT:
+    name = "bt_user"
+
+    def __init__(self, config: BaselineConfig | None = None):
+        self.config = config or BaselineConfig()
+
+    def fit(self, train: PairSet) -> None:
+        self.prior = fit_global_theta(train, self.config)
+
+    def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
+        """All users at once: the objective is a sum of independent per-user problems."""
+        users = list(users)
+        diff = torch.as_tensor(differences(support))
+        index = user_index(support, users)
+        prior = torch.as_tensor(self.prior)
+        delta = torch.zeros(len(users), len(prior), dtype=torch.float64, requires_grad=True)
+
+        def loss() -> torch.Tensor:
+            margin = diff @ prior + (diff * delta[index]).sum(1)
+            penalty = 0.5 * self.config.user_l2 * delta.square().sum()
+            return torch.nn.functional.softplus(-margin).sum() + penalty
+
+        if len(support):
+            lbfgs([delta], loss, self.config.max_iter)
+        thetas = (prior + delta).detach().numpy()
+        return {user: LinearReward(thetas[i]) for i, user in enumerate(users)}
+
+
+class LowRankBT:
+    name = "lowrank"
+
+    def __init__(self, config: BaselineConfig | None = None):
+        self.config = config or BaselineConfig()
+
+    def fit(self, train: PairSet) -> None:
+        """Basis and seen users' weights jointly; the basis starts near the global reward."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        users = train.users()
+        diff = torch.as_tensor(differences(train))
+        index = user_index(train, users)
+        start = torch.as_tensor(fit_global_theta(train, self.config))
+        noise = torch.randn(
+            self.config.rank, diff.shape[1], generator=generator, dtype=torch.float64
+        )
+        basis = (start + noise * start.norm() / diff.shape[1] ** 0.5).requires_grad_(True)
+        logits = torch.zeros(len(users), self.config.rank, dtype=torch.float64, requires_grad=True)
+
+        def loss() -> torch.Tensor:
+            user_theta = torch.softmax(logits, -1) @ basis
+            margin = (diff * user_theta[index]).sum(1)
+            penalty = 0.5 * self.config.basis_l2 * basis.square().sum() * len(users)
+            return torch.nn.functional.softplus(-margin).sum() + penalty
+
+        lbfgs([basis, logits], loss, self.config.max_iter)
+        self.basis = basis.detach()
+        self.prior_logits = logits.detach().mean(0)
+
+    def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
+        """Only the simplex weights move; the basis is frozen."""
+        users = list(users)
+        diff = torch.as_tensor(differences(support))
+        index = user_index(support, users)
+        logits = self.prior_logits.repeat(len(users), 1).requires_grad_(True)
+
+        def loss() -> torch.Tensor:
+            margin = (diff * (torch.softmax(logits, -1) @ self.basis)[index]).sum(1)
+            penalty = 0.5 * self.config.weight_l2 * (logits - self.prior_logits).square().sum()
+            return torch.nn.functional.softplus(-margin).sum() + penalty
+
+        if len(support):
+            lbfgs([logits], loss, self.config.max_iter)
+        thetas = (torch.softmax(logits.detach(), -1) @ self.basis).numpy()
+        return {user: LinearReward(thetas[i]) for i, user in enumerate(users)}

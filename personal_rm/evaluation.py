@@ -1,0 +1,61 @@
+"""The evaluation harness every method is judged by: same data, same splits, same metrics.
+
+A method is fitted on the seen users' train rows, then scored on
+- seen users: personalised on all their train rows, scored on their test rows;
+- unseen users at each k: personalised on a k-shot support set drawn from their train rows,
+  scored on their test rows. k=0 is the cold start. Users with fewer than k train rows are
+  left out of that k's row, and `n_users` says how many remain.
+Rows follow the `accuracy.json` contract: method, split, k, n_users, acc_user, acc_sample,
+ci_user, worst10_user (plus n_pairs, ci_sample, fit_seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from personal_rm.data.splits import KShot, Split, k_shot
+from personal_rm.features import PairSet
+from personal_rm.metrics import summarize
+from personal_rm.reward import RewardModel, margins
+
+
+def score_users(
+    model: RewardModel, pairs: PairSet, support: np.ndarray, users: Sequence[str], test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Personalise `users` on the `support` rows; margins on their `test` rows."""
+    rewards = model.personalize(pairs.take(support), users)
+    test_pairs = pairs.take(test)
+    return test_pairs.user_ids, margins(rewards, test_pairs)
+
+
+def evaluate_method(
+    model: RewardModel,
+    pairs: PairSet,
+    split: Split,
+    ks: Sequence[KShot],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> list[dict[str, Any]]:
+    ids = pairs.user_ids
+    seen_train = split.rows_of(split.train, split.seen_users, ids)
+    started = time.perf_counter()
+    model.fit(pairs.take(seen_train))
+    fit_seconds = time.perf_counter() - started
+
+    def row(group: str, k: KShot, users: Sequence[str], support: np.ndarray) -> dict[str, Any]:
+        test = split.rows_of(split.test, users, ids)
+        user_ids, user_margins = score_users(model, pairs, support, users, test)
+        summary = summarize(user_ids, user_margins, n_boot=n_boot, seed=seed)
+        return {"method": model.name, "split": group, "k": k, **summary.to_dict(),
+                "fit_seconds": round(fit_seconds, 3)}  # fmt: skip
+
+    rows = [row("seen", "all", split.seen_users, seen_train)]
+    for k in ks:
+        support, eligible = k_shot(ids, split.train, split.unseen_users, k, seed=seed)
+        rows.append(row("unseen", k, eligible, support))
+    return rows

@@ -1,0 +1,22 @@
+"""Method names, as used on the command line and in `accuracy.json`, mapped to models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from personal_rm.baselines import GlobalBT, LowRankBT, PerUserBT
+from personal_rm.reward import RewardModel
+
+# Each builder takes the job's config (whatever sections it has) and returns a fresh model.
+METHODS: dict[str, Callable[[Any], RewardModel]] = {
+    "bt_global": lambda config: GlobalBT(config.baselines),
+    "bt_user": lambda config: PerUserBT(config.baselines),
+    "lowrank": lambda config: LowRankBT(config.baselines),
+}
+
+
+def build_method(name: str, config: Any) -> RewardModel:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name](config)

@@ -1,0 +1,77 @@
+"""Results people read: Markdown tables and an accuracy-vs-k plot, from `accuracy.json` rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _columns(rows: Sequence[Row]) -> list[tuple[str, Any]]:
+    columns = [("seen", "all")] if any(r["split"] == "seen" for r in rows) else []
+    return columns + list(dict.fromkeys(("unseen", r["k"]) for r in rows if r["split"] == "unseen"))
+
+
+def markdown_table(rows: Sequence[Row], metric: str = "user") -> str:
+    """One line per method; a column for seen users and one per unseen k, with 95% CIs."""
+    columns = _columns(rows)
+    cell = {(r["method"], r["split"], r["k"]): r for r in rows}
+    users = {c: max((r["n_users"] for r in rows if (r["split"], r["k"]) == c), default=0)
+             for c in columns}  # fmt: skip
+    header = ["method"] + [
+        f"seen (n={users[c]})" if c[0] == "seen" else f"unseen k={c[1]} (n={users[c]})"
+        for c in columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [method]
+        for group, k in columns:
+            r = cell.get((method, group, k))
+            if r is None or r["n_users"] == 0:
+                cells.append("-")
+                continue
+            low, high = r[f"ci_{metric}"]
+            cells.append(f"{r[f'acc_{metric}']:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: Sequence[Row], path: str | Path, title: str = "") -> None:
+    """Two panels: seen users (one bar per method) and unseen users (accuracy vs k)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (seen_ax, unseen_ax) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[1, 2])
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, method in enumerate(methods):
+        seen = [r for r in rows if r["method"] == method and r["split"] == "seen"]
+        for r in seen:
+            low, high = r["ci_user"]
+            err = [[r["acc_user"] - low], [high - r["acc_user"]]]
+            seen_ax.bar(i, r["acc_user"], yerr=err, capsize=4, label=method)
+        unseen = [r for r in rows if r["method"] == method and r["split"] == "unseen"]
+        labels = [str(r["k"]) for r in unseen]
+        accuracy = [r["acc_user"] for r in unseen]
+        lows = [r["ci_user"][0] for r in unseen]
+        highs = [r["ci_user"][1] for r in unseen]
+        unseen_ax.plot(labels, accuracy, marker="o", label=method)
+        unseen_ax.fill_between(labels, lows, highs, alpha=0.12)
+    seen_ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    seen_ax.set_title("seen users")
+    seen_ax.set_ylabel("user-level pairwise accuracy")
+    unseen_ax.set_title("unseen users (k-shot support)")
+    unseen_ax.set_xlabel("k")
+    unseen_ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    unseen_ax.legend(fontsize=8)
+    low = min(min(r["ci_user"][0] for r in rows if r["n_users"]), 0.5) - 0.02
+    for ax in (seen_ax, unseen_ax):
+        ax.set_ylim(low, 1.0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""The evaluation job end to end on a slice of the real LLMFAO data (shipped with the package)."""
+
+import json
+
+from jobs.evaluate import main
+
+
+def test_evaluate_writes_the_accuracy_contract(tmp_path):
+    out = tmp_path / "results"
+    main(["--max_users", "60", "--k", "0,4", "--n_boot", "200", "--out", str(out),
+          "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
+    result = json.loads((out / "accuracy.json").read_text())
+    assert result["dataset"] == "llmfao"
+    rows = result["rows"]
+    assert {(r["method"], r["split"], r["k"]) for r in rows} == {
+        (m, s, k)
+        for m in ("bt_global", "bt_user", "lowrank")
+        for s, k in (("seen", "all"), ("unseen", 0), ("unseen", 4))
+    }
+    for row in rows:
+        assert {
+            "method",
+            "split",
+            "k",
+            "n_users",
+            "acc_user",
+            "acc_sample",
+            "ci_user",
+            "worst10_user",
+        } <= set(row)
+        assert row["ci_user"][0] <= row["acc_user"] <= row["ci_user"][1]
+        assert row["worst10_user"] <= row["acc_user"]
+    # The sanity check that data, embeddings and metrics line up: real signal, far from chance.
+    glob = next(r for r in rows if r["method"] == "bt_global" and r["split"] == "seen")
+    assert glob["acc_user"] > 0.65
+    assert (out / "accuracy.png").stat().st_size > 10_000
+    assert "| bt_global |" in (out / "tables.md").read_text()
