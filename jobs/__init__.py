@@ -1,1 +1,1 @@
-"""Entry points: `python -m jobs.<name>` here, `ray job submit -- python -m jobs.<name>` on a cluster."""
+"""Entry points: `python -m jobs.<name>` here; `ray job submit -- python -m jobs.<name>` on Ray."""
