@@ -92,7 +92,7 @@ class GlobalBT:
     def __init__(self, config: BaselineConfig | None = None):
         self.config = config or BaselineConfig()
 
-    def fit(self, train: PairSet) -> None:
+    def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
         self.reward = LinearReward(fit_global_theta(train, self.config))
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
@@ -105,7 +105,7 @@ class PerUserBT:
     def __init__(self, config: BaselineConfig | None = None):
         self.config = config or BaselineConfig()
 
-    def fit(self, train: PairSet) -> None:
+    def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
         self.prior = fit_global_theta(train, self.config)
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
@@ -133,7 +133,7 @@ class LowRankBT:
     def __init__(self, config: BaselineConfig | None = None):
         self.config = config or BaselineConfig()
 
-    def fit(self, train: PairSet) -> None:
+    def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
         """Basis and seen users' weights jointly; the basis starts near the global reward."""
         generator = torch.Generator().manual_seed(self.config.seed)
         users = train.users()

@@ -37,8 +37,13 @@ def _add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: 
         if _is_list(field.annotation) and default is not None:
             default = ",".join(map(str, default))
         help_text = f"{field.description or ''} (default: {default})".replace("%", "%%")
-        parser.add_argument(f"--{prefix}{name}", dest=f"{prefix}{name}", default=argparse.SUPPRESS,
-                            metavar=name.upper(), help=help_text)  # fmt: skip
+        parser.add_argument(
+            f"--{prefix}{name}",
+            dest=f"{prefix}{name}",
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=help_text,
+        )
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

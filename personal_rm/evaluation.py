@@ -1,6 +1,7 @@
 """The evaluation harness every method is judged by: same data, same splits, same metrics.
 
-A method is fitted on the seen users' train rows, then scored on
+A method is fitted on the seen users' train rows (validation users, if given, are only for
+model selection), then scored on
 - seen users: personalised on all their train rows, scored on their test rows;
 - unseen users at each k: personalised on a k-shot support set drawn from their train rows,
   scored on their test rows. k=0 is the cold start. Users with fewer than k train rows are
@@ -38,21 +39,27 @@ def evaluate_method(
     split: Split,
     ks: Sequence[KShot],
     *,
+    validation: PairSet | None = None,
     seed: int = 0,
     n_boot: int = 1000,
 ) -> list[dict[str, Any]]:
     ids = pairs.user_ids
     seen_train = split.rows_of(split.train, split.seen_users, ids)
     started = time.perf_counter()
-    model.fit(pairs.take(seen_train))
+    model.fit(pairs.take(seen_train), validation)
     fit_seconds = time.perf_counter() - started
 
     def row(group: str, k: KShot, users: Sequence[str], support: np.ndarray) -> dict[str, Any]:
         test = split.rows_of(split.test, users, ids)
         user_ids, user_margins = score_users(model, pairs, support, users, test)
         summary = summarize(user_ids, user_margins, n_boot=n_boot, seed=seed)
-        return {"method": model.name, "split": group, "k": k, **summary.to_dict(),
-                "fit_seconds": round(fit_seconds, 3)}  # fmt: skip
+        return {
+            "method": model.name,
+            "split": group,
+            "k": k,
+            **summary.to_dict(),
+            "fit_seconds": round(fit_seconds, 3),
+        }
 
     rows = [row("seen", "all", split.seen_users, seen_train)]
     for k in ks:

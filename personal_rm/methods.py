@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from personal_rm.baselines import GlobalBT, LowRankBT, PerUserBT
+from personal_rm.mrm import VARIANTS, MetaRewardModel
 from personal_rm.reward import RewardModel
 
 # Each builder takes the job's config (whatever sections it has) and returns a fresh model.
@@ -13,6 +14,12 @@ METHODS: dict[str, Callable[[Any], RewardModel]] = {
     "bt_global": lambda config: GlobalBT(config.baselines),
     "bt_user": lambda config: PerUserBT(config.baselines),
     "lowrank": lambda config: LowRankBT(config.baselines),
+    **{
+        name: lambda config, name=name: MetaRewardModel(
+            config.mrm.model_copy(update=VARIANTS[name]), name=name
+        )
+        for name in VARIANTS
+    },
 }
 
 

@@ -18,8 +18,10 @@ def markdown_table(rows: Sequence[Row], metric: str = "user") -> str:
     """One line per method; a column for seen users and one per unseen k, with 95% CIs."""
     columns = _columns(rows)
     cell = {(r["method"], r["split"], r["k"]): r for r in rows}
-    users = {c: max((r["n_users"] for r in rows if (r["split"], r["k"]) == c), default=0)
-             for c in columns}  # fmt: skip
+    users = {
+        c: max((r["n_users"] for r in rows if (r["split"], r["k"]) == c), default=0)
+        for c in columns
+    }
     header = ["method"] + [
         f"seen (n={users[c]})" if c[0] == "seen" else f"unseen k={c[1]} (n={users[c]})"
         for c in columns

@@ -26,8 +26,9 @@ class UserReward(Protocol):
 class RewardModel(Protocol):
     name: str
 
-    def fit(self, train: PairSet) -> None:
-        """Learn from the seen users' training comparisons."""
+    def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
+        """Learn from the seen users' training comparisons; `validation` holds held-out users
+        for model selection (never test users) and may be ignored."""
         ...
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, UserReward]:

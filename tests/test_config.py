@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from jobs.evaluate import EvaluateConfig
 from personal_rm.config import load_config, parse_config
 
-JOBS = ["jobs.evaluate"]
+JOBS = ["jobs.evaluate", "jobs.meta_train_mrm"]
 
 
 def test_yaml_then_flags_override_defaults(tmp_path):

@@ -7,8 +7,20 @@ from jobs.evaluate import main
 
 def test_evaluate_writes_the_accuracy_contract(tmp_path):
     out = tmp_path / "results"
-    main(["--max_users", "60", "--k", "0,4", "--n_boot", "200", "--out", str(out),
-          "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
+    main(
+        [
+            "--max_users",
+            "60",
+            "--k",
+            "0,4",
+            "--n_boot",
+            "200",
+            "--out",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     result = json.loads((out / "accuracy.json").read_text())
     assert result["dataset"] == "llmfao"
     rows = result["rows"]

@@ -89,9 +89,13 @@ def user_protocol_split(
         test.append(rows[:n_test])
         train.append(rows[n_test:])
     return Split(
-        tuple(seen), tuple(validation), tuple(unseen),
-        np.sort(np.concatenate(train)), np.sort(np.concatenate(test)), np.array([], np.int64),
-    )  # fmt: skip
+        tuple(seen),
+        tuple(validation),
+        tuple(unseen),
+        np.sort(np.concatenate(train)),
+        np.sort(np.concatenate(test)),
+        np.array([], np.int64),
+    )
 
 
 def row_protocol_split(
