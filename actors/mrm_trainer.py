@@ -168,8 +168,10 @@ def fit_distributed(
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
+            # Every epoch's checkpoint is kept (a few KB each): the metrics history is read back
+            # from them, and the best one by validation accuracy is the model we return.
             checkpoint_config=CheckpointConfig(
-                num_to_keep=3, checkpoint_score_attribute=score, checkpoint_score_order="max"
+                checkpoint_score_attribute=score, checkpoint_score_order="max"
             ),
         ),
     )

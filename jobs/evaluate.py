@@ -20,6 +20,9 @@ from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.mrm import MRMConfig
 from personal_rm.prepare import DataConfig, SplitConfig
+from personal_rm.prototypes import PrototypeConfig
+from personal_rm.rubric import RubricConfig
+from personal_rm.scaling import ScalingConfig
 
 
 class EvaluateConfig(DataConfig):
@@ -34,6 +37,9 @@ class EvaluateConfig(DataConfig):
     split: SplitConfig = SplitConfig()
     baselines: BaselineConfig = BaselineConfig()
     mrm: MRMConfig = MRMConfig()
+    rubric: RubricConfig = RubricConfig()
+    prototypes: PrototypeConfig = PrototypeConfig()
+    scaling: ScalingConfig = ScalingConfig()
 
 
 def tables(rows: list[dict], dataset: str) -> str:

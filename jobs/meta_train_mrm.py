@@ -72,7 +72,7 @@ def run(config: MetaTrainConfig) -> Path:
     )
     config.out.mkdir(parents=True, exist_ok=True)
     model.save(config.out / "model")
-    history = result.metrics_dataframe.to_dict("records")
+    history = sorted(result.metrics_dataframe.to_dict("records"), key=lambda h: h["epoch"])
     (config.out / "training.json").write_text(json.dumps(history, indent=2, default=float))
     plot_training(history, config.out / "training.png")
     dump_config(config, config.out / "config.yaml")

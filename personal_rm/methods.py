@@ -9,6 +9,21 @@ from personal_rm.baselines import GlobalBT, LowRankBT, PerUserBT
 from personal_rm.mrm import VARIANTS, MetaRewardModel
 from personal_rm.reward import RewardModel
 
+
+def _rubric(config: Any) -> Any:
+    """The rubric judge, its criteria embedded by the MiniLM that embeds the data (cached)."""
+    from personal_rm.embed import CachedEncoder, MiniLMEncoder
+    from personal_rm.rubric import RubricJudge
+
+    return RubricJudge(config.rubric, encoder=CachedEncoder(MiniLMEncoder(), config.cache_dir))
+
+
+def _rubric_tts(config: Any) -> Any:
+    from personal_rm.scaling import ScaledRewardModel
+
+    return ScaledRewardModel(_rubric(config), config.prototypes, config.scaling)
+
+
 # Each builder takes the job's config (whatever sections it has) and returns a fresh model.
 METHODS: dict[str, Callable[[Any], RewardModel]] = {
     "bt_global": lambda config: GlobalBT(config.baselines),
@@ -20,6 +35,8 @@ METHODS: dict[str, Callable[[Any], RewardModel]] = {
         )
         for name in VARIANTS
     },
+    "rubric": _rubric,
+    "rubric_tts": _rubric_tts,
 }
 
 

@@ -1,0 +1,97 @@
+"""The evaluation chain: what a P-GenRM judge writes for one user and one request.
+
+A chain is an inferred *persona* (how this user judges), a *rubric* of weighted criteria that
+fit the scenario, per-response per-criterion scores (1-10) and a verdict. Final scores are
+always recomputed as Σ weight · score, so a verdict is an arithmetic consequence of the
+rubric, never a free-floating claim; a chain whose stated totals disagree is flagged.
+Every judge (the LLM judge, the CPU rubric judge) emits these same objects.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+WEIGHT_TOLERANCE = 1e-3
+TOTAL_TOLERANCE = 0.05
+
+
+class Persona(BaseModel):
+    """How the user judges, inferred from their history: the P-GenRM persona dimensions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: str = Field(description="Preferred tone and register.")
+    content_and_structure: str = Field(description="What the user wants covered, and how laid out.")
+    core_values: str = Field(description="What the user cares about underneath.")
+
+
+class Criterion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    weight: float = Field(ge=0.0, le=1.0)
+
+
+class ResponseScore(BaseModel):
+    """One response's score on every criterion, and the total the judge stated (if any)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response: int = Field(ge=0, description="Index of the response in the request's order.")
+    scores: dict[str, float] = Field(description="Criterion name -> score in [1, 10].")
+    stated_total: float | None = None
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ResponseScore:
+        bad = {name: s for name, s in self.scores.items() if not 1.0 <= s <= 10.0}
+        if bad:
+            raise ValueError(f"criterion scores must lie in [1, 10]: {bad}")
+        return self
+
+
+class EvaluationChain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    analysis: str = Field("", description="The judge's free-text reasoning before the JSON.")
+    persona: Persona
+    rubric: list[Criterion] = Field(min_length=1)
+    scores: list[ResponseScore] = Field(min_length=2)
+    verdict: int = Field(ge=0, description="Index of the preferred response.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluationChain:
+        total = sum(c.weight for c in self.rubric)
+        if abs(total - 1.0) > WEIGHT_TOLERANCE:
+            raise ValueError(f"rubric weights must sum to 1, got {total:.4f}")
+        names = {c.name for c in self.rubric}
+        for score in self.scores:
+            if set(score.scores) != names:
+                raise ValueError(
+                    f"response {score.response} is scored on {sorted(score.scores)}, "
+                    f"the rubric has {sorted(names)}"
+                )
+        if sorted(s.response for s in self.scores) != list(range(len(self.scores))):
+            raise ValueError("every response must be scored exactly once")
+        if self.verdict >= len(self.scores):
+            raise ValueError(f"verdict {self.verdict} names no response")
+        return self
+
+    def final_scores(self) -> list[float]:
+        """Σ weight · score per response, in response order, recomputed from the rubric."""
+        weight = {c.name: c.weight for c in self.rubric}
+        by_response = sorted(self.scores, key=lambda s: s.response)
+        return [sum(weight[n] * v for n, v in s.scores.items()) for s in by_response]
+
+    def totals_disagree(self) -> bool:
+        """True when a stated total differs from weights * scores: a judge that can't add."""
+        return any(
+            s.stated_total is not None and abs(s.stated_total - final) > TOTAL_TOLERANCE
+            for s, final in zip(
+                sorted(self.scores, key=lambda s: s.response), self.final_scores(), strict=True
+            )
+        )
+
+    def verdict_follows_scores(self) -> bool:
+        finals = self.final_scores()
+        return finals[self.verdict] == max(finals)

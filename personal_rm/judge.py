@@ -1,0 +1,144 @@
+"""The generative judge at work: comparisons in, chains out, and honest accuracy.
+
+A `JudgeTask` is one comparison with the history the judge sees (up to h of the same user's
+other comparisons: leave-one-out when the comparison is itself in the pool) and the shuffled
+order of its two responses. `judge_tasks` prompts a backend for n chains per task in one call,
+parses them and maps them back to (chosen, rejected) order. A comparison's margin is the mean
+over its parsed chains of final(chosen) - final(rejected), with final scores recomputed from
+the rubric; with no parsed chain it is NaN. `judge_report` counts NaN and ties as wrong (and
+also gives ties as 0.5, and the drop-the-failures number that public code reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from personal_rm.backends import GenerationBackend, SamplingConfig
+from personal_rm.chains import EvaluationChain
+from personal_rm.chains_parser import ParseFailure, ParseResult, parse_chain
+from personal_rm.chains_prompt import JudgeRequest, render_messages, shuffle_order, unshuffle
+from personal_rm.data import Comparison
+from personal_rm.data.splits import user_rng
+from personal_rm.metrics import summarize
+
+
+def comparison_id(c: Comparison) -> str:
+    """Stable id of a comparison: what resumable outputs are keyed by."""
+    text = "\x1f".join((c.user_id, c.prompt, c.chosen, c.rejected))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class JudgeTask:
+    comparison: Comparison
+    history: tuple[Comparison, ...]
+    order: tuple[int, ...]  # order[j]: index into (chosen, rejected) shown at position j
+
+    @property
+    def id(self) -> str:
+        return comparison_id(self.comparison)
+
+    def request(self) -> JudgeRequest:
+        pair = (self.comparison.chosen, self.comparison.rejected)
+        return JudgeRequest(
+            tuple((h.prompt, h.chosen, h.rejected) for h in self.history),
+            self.comparison.prompt,
+            tuple(pair[i] for i in self.order),
+        )
+
+
+def make_tasks(
+    targets: Sequence[Comparison], pool: Sequence[Comparison], history_size: int, seed: int = 0
+) -> list[JudgeTask]:
+    """A task per target: history from the same user's `pool` rows, never the target itself."""
+    by_user: dict[str, list[Comparison]] = {}
+    for c in pool:
+        by_user.setdefault(c.user_id, []).append(c)
+    tasks = []
+    for target in targets:
+        rng = user_rng(seed, comparison_id(target))
+        others = [c for c in by_user.get(target.user_id, []) if c != target]
+        picked = rng.permutation(len(others))[:history_size]
+        history = tuple(others[i] for i in sorted(picked))
+        tasks.append(JudgeTask(target, history, tuple(shuffle_order(2, rng))))
+    return tasks
+
+
+def agrees(chain: EvaluationChain) -> bool:
+    """The chain (in request order) prefers the chosen response, in verdict and in scores."""
+    finals = chain.final_scores()
+    return chain.verdict == 0 and finals[0] > max(finals[1:])
+
+
+@dataclass(frozen=True)
+class Judged:
+    task: JudgeTask
+    texts: list[str]  # the raw samples, chains written about the shown order
+    results: list[ParseResult]  # parsed, chains mapped back to (chosen, rejected) order
+
+    def chains(self) -> list[EvaluationChain]:
+        return [r for r in self.results if isinstance(r, EvaluationChain)]
+
+    def margin(self) -> float:
+        finals = [c.final_scores() for c in self.chains()]
+        return float(np.mean([f[0] - f[1] for f in finals])) if finals else math.nan
+
+
+def parse_for(task: JudgeTask, text: str) -> ParseResult:
+    result = parse_chain(text, len(task.order))
+    return result if isinstance(result, ParseFailure) else unshuffle(result, task.order)
+
+
+def judge_tasks(
+    backend: GenerationBackend,
+    tasks: Sequence[JudgeTask],
+    *,
+    n: int,
+    sampling: SamplingConfig,
+    max_text_chars: int | None = None,
+) -> list[Judged]:
+    prompts = [render_messages(t.request(), max_text_chars) for t in tasks]
+    samples = backend.generate(prompts, n, sampling)
+    return [
+        Judged(task, texts, [parse_for(task, text) for text in texts])
+        for task, texts in zip(tasks, samples, strict=True)
+    ]
+
+
+def judge_report(judged: Sequence[Judged], *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Parse-failure rates by cause and accuracy three ways (see the module docstring)."""
+    results = [r for j in judged for r in j.results]
+    chains = [r for r in results if isinstance(r, EvaluationChain)]
+    failures = Counter(r.kind.value for r in results if isinstance(r, ParseFailure))
+    users = np.array([j.task.comparison.user_id for j in judged], dtype=object)
+    margins = np.array([j.margin() for j in judged])
+    parsed = ~np.isnan(margins)
+    return {
+        "n_comparisons": len(judged),
+        "n_samples": len(results),
+        "parse_failure_rate": sum(failures.values()) / max(1, len(results)),
+        "failures": dict(failures),
+        "totals_disagree_rate": float(np.mean([c.totals_disagree() for c in chains]))
+        if chains
+        else math.nan,
+        "verdict_contradicts_scores_rate": float(
+            np.mean([not c.verdict_follows_scores() for c in chains])
+        )
+        if chains
+        else math.nan,
+        "unscored_rate": float(1 - parsed.mean()) if len(judged) else math.nan,
+        "tie_rate": float(np.mean(margins == 0)) if len(judged) else math.nan,
+        "accuracy": summarize(users, margins, n_boot=n_boot, seed=seed).to_dict(),
+        "accuracy_ties_half_sample": float(np.mean((margins > 0) + 0.5 * (margins == 0)))
+        if len(judged)
+        else math.nan,
+        "accuracy_parsed_only": summarize(
+            users[parsed], margins[parsed], n_boot=n_boot, seed=seed
+        ).to_dict(),
+    }

@@ -1,0 +1,203 @@
+"""User prototypes (P-GenRM): cluster users by how they judge, so a new user can borrow a cluster.
+
+    python -m bench.prototypes_scale --users 1000000   # fit time, memory, assignment latency
+
+A user is one unit vector, from either
+- "chain": the mean embedding of the texts of the user's chains on their own comparisons
+  (persona, criteria, deciding reasons), one text per comparison as the released P-GenRM code
+  embeds them; a single new request's chain text lives in the same space, so a request can be
+  assigned too; or
+- "preference": the mean feature difference chosen - rejected, a judge-free summary.
+K-means on the unit vectors (scikit-learn; MiniBatchKMeans above `minibatch_above` users)
+gives K prototypes. Assignment is the nearest centroid by cosine (O(K d), independent of how
+many users there are); the neighbours of a vector are the M most cosine-similar members of its
+prototype, and the index keeps the members' histories for the prototype-level chains.
+
+Optional refinement, one epoch, after the released code: each centroid is trained as a
+Bradley-Terry reward direction for its members' comparisons, shifted by an attention summary
+of the member's own history; members are then reassigned to the refined centroids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from personal_rm.chains import EvaluationChain
+from personal_rm.embed import TextEncoder
+from personal_rm.features import PairSet
+
+
+class PrototypeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    representation: Literal["chain", "preference"] = Field(
+        "chain", description="User vectors from chain texts (P-GenRM) or preference differences."
+    )
+    k: int = Field(8, ge=1, description="Number of prototypes K (capped at the number of users).")
+    minibatch_above: int = Field(
+        20_000, ge=1, description="Users beyond which MiniBatchKMeans replaces exact KMeans."
+    )
+    refine: bool = Field(False, description="One epoch of history-aware prototype refinement.")
+    refine_lr: float = Field(1e-3, gt=0, description="AdamW lr of the refinement (released code).")
+    seed: int = 0
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def preference_vectors(pairs: PairSet) -> dict[str, np.ndarray]:
+    """Each user's unit mean of chosen - rejected."""
+    diff = pairs.chosen - pairs.rejected
+    return {u: unit(diff[rows].mean(0)) for u, rows in pairs.rows_by_user().items()}
+
+
+def chain_text(chain: EvaluationChain) -> str:
+    """What a chain says about the user: persona, criteria by weight, then the analysis."""
+    p = chain.persona
+    criteria = ", ".join(c.name for c in sorted(chain.rubric, key=lambda c: -c.weight))
+    return f"{p.style} {p.content_and_structure} {p.core_values} Criteria: {criteria}. " + (
+        chain.analysis
+    )
+
+
+def text_vectors(texts: Mapping[str, Sequence[str]], encoder: TextEncoder) -> dict[str, np.ndarray]:
+    """Each user's unit mean embedding of their texts; every distinct text is encoded once."""
+    distinct = sorted({t for user_texts in texts.values() for t in user_texts})
+    if not distinct:
+        return {}
+    row = {t: i for i, t in enumerate(distinct)}
+    emb = encoder.encode(distinct)
+    return {u: unit(emb[[row[t] for t in ts]].mean(0)) for u, ts in texts.items() if ts}
+
+
+class PrototypeIndex:
+    """Centroids, members sorted by prototype (prototype p owns rows offsets[p]:offsets[p+1]),
+    their vectors, and their histories."""
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        users: Sequence[str],
+        vectors: np.ndarray,
+        histories: PairSet | None = None,
+    ) -> None:
+        self.centroids = unit(centroids)
+        labels = self.assign_many(vectors)
+        order = np.argsort(labels, kind="stable")
+        self.users = np.asarray(users, dtype=object)[order]
+        self.vectors, self.labels = unit(vectors)[order], labels[order]
+        self.offsets = np.searchsorted(self.labels, np.arange(len(self.centroids) + 1))
+        self.histories = histories
+        self._history_rows = histories.rows_by_user() if histories is not None else {}
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: Mapping[str, np.ndarray],
+        config: PrototypeConfig,
+        histories: PairSet | None = None,
+    ) -> PrototypeIndex:
+        """K-means on the members' unit vectors; `histories` (the members' comparisons) are kept
+        for the prototype level and are needed by the refinement."""
+        users = sorted(vectors)
+        x = unit(np.stack([vectors[u] for u in users]))
+        k = min(config.k, len(users))
+        if len(users) > config.minibatch_above:
+            km = MiniBatchKMeans(k, batch_size=4096, n_init=1, random_state=config.seed)
+        else:
+            km = KMeans(k, n_init=4, random_state=config.seed)
+        index = cls(km.fit(x).cluster_centers_, users, x, histories)
+        if config.refine:
+            if histories is None:
+                raise ValueError("prototype refinement needs the members' histories")
+            index = cls(refine(index, config), users, x, histories)
+        return index
+
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+    def assign_many(self, vectors: np.ndarray) -> np.ndarray:
+        return np.argmax(unit(vectors) @ self.centroids.T, axis=-1)
+
+    def assign(self, vector: np.ndarray) -> int:
+        """Prototype of a user vector, or of one request's chain-text vector."""
+        return int(self.assign_many(vector[None])[0])
+
+    def members(self, prototype: int) -> np.ndarray:
+        return self.users[self.offsets[prototype] : self.offsets[prototype + 1]]
+
+    def neighbours(self, vector: np.ndarray, m: int, exclude: str | None = None) -> list[str]:
+        """The m members of the vector's prototype closest by cosine (never `exclude`)."""
+        p = self.assign(vector)
+        lo, hi = self.offsets[p], self.offsets[p + 1]
+        sims = self.vectors[lo:hi] @ unit(vector)
+        best = [self.users[lo + i] for i in np.argsort(-sims, kind="stable")[: m + 1]]
+        return [u for u in best if u != exclude][:m]
+
+    def history(self, user: str) -> PairSet:
+        """A member's comparisons (empty if the index was built without histories)."""
+        if self.histories is None:
+            raise ValueError("this index was built without member histories")
+        return self.histories.take(self._history_rows.get(user, np.array([], np.int64)))
+
+
+def refine(index: PrototypeIndex, config: PrototypeConfig) -> np.ndarray:
+    """One epoch of the released code's prototype update, on feature differences.
+
+    For a member, the first half of their comparisons is the history: events
+    o_i = tanh(W_h d_i) on its differences d_i, pooled by attention s = sum_i softmax(o_i . a /
+    sqrt(d)) o_i with the prototype a as query. z = a + W_s s must rank the member's other
+    half: BT loss on z . d. Prototypes are renormalised after each step. Returns the refined
+    (K, d) centroids; the centroid space must be the feature space (true for MiniLM vectors).
+    """
+    assert index.histories is not None
+    torch.manual_seed(config.seed)
+    dim = index.centroids.shape[1]
+    if index.histories.dim != dim:
+        raise ValueError("refinement needs user vectors in the feature space")
+    protos = torch.nn.Parameter(torch.as_tensor(index.centroids))
+    w_hist, w_sum = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, dim)
+    params = [protos, *w_hist.parameters(), *w_sum.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.refine_lr)
+    diff = torch.as_tensor(index.histories.chosen - index.histories.rejected)
+    rows = index._history_rows
+    rng = np.random.default_rng(config.seed)
+    for p in range(len(index)):
+        members = [u for u in rng.permutation(index.members(p)) if len(rows.get(u, ())) >= 2]
+        for start in range(0, len(members), 32):  # the released code's batch size
+            batch = [rows[u] for u in members[start : start + 32]]
+            half = [len(r) // 2 for r in batch]
+            hist = _pad([diff[r[:h]] for r, h in zip(batch, half, strict=True)])
+            target = _pad([diff[r[h:]] for r, h in zip(batch, half, strict=True)])
+            events = torch.tanh(w_hist(hist.values))
+            logits = (events @ protos[p]) / dim**0.5
+            attention = torch.softmax(logits.masked_fill(~hist.mask, -torch.inf), dim=1)
+            z = protos[p] + w_sum((attention[..., None] * events).sum(1))
+            margin = (target.values * z[:, None]).sum(-1)
+            loss = (F.softplus(-margin) * target.mask).sum() / target.mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                protos[p] = F.normalize(protos[p], dim=0)
+    return protos.detach().numpy()
+
+
+class _Padded(NamedTuple):
+    values: torch.Tensor  # (B, T, d)
+    mask: torch.Tensor  # (B, T) True where a row is real
+
+
+def _pad(parts: Sequence[torch.Tensor]) -> _Padded:
+    values = torch.nn.utils.rnn.pad_sequence(list(parts), batch_first=True)
+    lengths = torch.as_tensor([len(p) for p in parts])
+    return _Padded(values, torch.arange(values.shape[1])[None] < lengths[:, None])

@@ -1,0 +1,1 @@
+"""The Ray Serve application: ingress, prototype shards, chain samplers, aggregation."""

@@ -1,0 +1,118 @@
+"""The wire format of the scoring service: pydantic models whose limits are the API's limits.
+
+Every client mistake is caught here and answered with a 422 that names the field, before any
+replica does work. Ids are restricted to a safe alphabet: they end up in URLs, log lines and
+multiplexed model ids, and nothing a client sends may be read as a path or code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from personal_rm.data.comparison import Comparison
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+
+
+class Limits(BaseModel):
+    """Per-request bounds; generous for real use, small enough that no request starves others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_responses: int = 16
+    max_chars: int = 8000
+    max_history: int = 64
+    max_n: int = 32
+    max_m: int = 32
+    max_batch: int = 64
+
+
+LIMITS = Limits()
+Text = Annotated[str, StringConstraints(max_length=LIMITS.max_chars)]
+ResponseText = Annotated[str, StringConstraints(max_length=LIMITS.max_chars)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class HistoryItem(StrictModel):
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
+    chosen: ResponseText
+    rejected: ResponseText
+
+    @model_validator(mode="after")
+    def _different(self) -> HistoryItem:
+        if self.chosen == self.rejected:
+            raise ValueError("chosen and rejected must differ")
+        return self
+
+    def comparison(self, user_id: str) -> Comparison:
+        return Comparison(user_id, self.prompt, self.chosen, self.rejected, {"source": "request"})
+
+
+class ScoreRequest(StrictModel):
+    user_id: UserId
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
+    responses: list[ResponseText] = Field(min_length=2, max_length=LIMITS.max_responses)
+    history: list[HistoryItem] = Field(default_factory=list, max_length=LIMITS.max_history)
+    method: Literal["mrm", "rubric", "genrm"] = "mrm"
+    n: int = Field(8, ge=1, le=LIMITS.max_n, description="Individual-level samples.")
+    m: int = Field(4, ge=0, le=LIMITS.max_m, description="Prototype-level neighbour samples.")
+    return_chains: bool = False
+
+
+class BatchScoreRequest(StrictModel):
+    """Many prompts in one call, the shape RL trainers' reward clients send."""
+
+    requests: list[ScoreRequest] = Field(min_length=1, max_length=LIMITS.max_batch)
+
+
+class ScoreResponse(BaseModel):
+    user_id: str
+    scores: list[float]
+    preferred: int
+    prototype: int | None
+    method: str
+    history_size: int
+    parts: dict[str, int] = Field(description="Valid samples per level, e.g. individual/prototype.")
+    chains: list[dict] | None = None
+    timing_ms: dict[str, float]
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[ScoreResponse]
+
+
+class FeedbackRequest(StrictModel):
+    user_id: UserId
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
+    chosen: ResponseText
+    rejected: ResponseText
+
+    @model_validator(mode="after")
+    def _different(self) -> FeedbackRequest:
+        if self.chosen == self.rejected:
+            raise ValueError("chosen and rejected must differ")
+        return self
+
+    def comparison(self) -> Comparison:
+        return Comparison(
+            self.user_id, self.prompt, self.chosen, self.rejected, {"source": "feedback"}
+        )
+
+
+class FeedbackResponse(BaseModel):
+    id: int
+    user_id: str
+    history_size: int
+
+
+class UserInfo(BaseModel):
+    user_id: str
+    history_size: int
+    prototype: int | None
+    weights: list[float] | None = Field(description="MRM mixture weights over the base rewards.")
