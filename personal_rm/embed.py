@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -81,7 +82,9 @@ class CachedEncoder:
         self.encoder = encoder
         self.model_id, self.dim = encoder.model_id, encoder.dim
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(Path(cache_dir) / "embeddings.sqlite3")
+        # Shared by a server's request threads; the lock keeps each lookup-then-insert whole.
+        self._db = sqlite3.connect(Path(cache_dir) / "embeddings.sqlite3", check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB)")
 
@@ -89,6 +92,10 @@ class CachedEncoder:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        with self._lock:
+            return self._encode(texts, progress)
+
+    def _encode(self, texts: Sequence[str], progress: bool) -> np.ndarray:
         keys = [self._key(t) for t in texts]
         found: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit

@@ -79,6 +79,7 @@ class ScoreResponse(BaseModel):
     method: str
     history_size: int
     parts: dict[str, int] = Field(description="Valid samples per level, e.g. individual/prototype.")
+    alpha: float = Field(description="Weight the individual level got in the mix.")
     chains: list[dict] | None = None
     timing_ms: dict[str, float]
 

@@ -1,0 +1,124 @@
+"""Run the scoring service locally: build its state if needed, serve it on 127.0.0.1.
+
+    python -m jobs.serve                         # shipped LLMFAO, http://127.0.0.1:8000/docs
+    python -m jobs.serve --demo true             # score, post feedback, score again, exit
+    serve deploy serve_app/serve_config.yaml     # on a running cluster, from a built state
+
+The state (judges, prototypes) is fitted on the seen users of the data's split; the feedback
+store is seeded with every comparison of the data, so every user of it has a history.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from pydantic import Field
+
+from personal_rm.config import parse_config
+from personal_rm.prepare import DataConfig, SplitConfig
+from personal_rm.serving import ROUTER_FILE, StateConfig
+from serve_app.config import ServeAppConfig
+
+
+class ServeJobConfig(DataConfig):
+    host: str = Field("127.0.0.1", description="HTTP host; loopback unless you mean otherwise.")
+    port: int = Field(8000, description="HTTP port.")
+    rebuild: bool = Field(False, description="Refit the state even if `app.state_dir` has one.")
+    demo: bool = Field(False, description="Score, post feedback, score again, then shut down.")
+    split: SplitConfig = SplitConfig()
+    state: StateConfig = StateConfig()
+    app: ServeAppConfig = ServeAppConfig()
+
+
+def build_server_state(config: ServeJobConfig) -> None:
+    """Fit the judges and prototypes, save them, and seed the feedback store."""
+    from personal_rm.data import load_comparisons
+    from personal_rm.embed import CachedEncoder, MiniLMEncoder
+    from personal_rm.prepare import prepare
+    from personal_rm.serving import build_state, save_state
+    from personal_rm.store import SQLiteFeedbackStore
+
+    prepared = prepare(config, config.split)
+    encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
+    router, shards = build_state(
+        prepared.seen_train(), prepared.validation(), config.state, encoder
+    )
+    save_state(router, shards, config.app.state_dir)
+    store = SQLiteFeedbackStore(config.app.store_path)
+    if store.count() == 0:
+        store.add_many(load_comparisons(prepared.source, on_error="skip").comparisons)
+    print(
+        f"state in {config.app.state_dir}: {len(shards)} prototypes; "
+        f"store {config.app.store_path}: {store.count()} comparisons"
+    )
+
+
+def demo(base_url: str, user_id: str) -> None:
+    """One request before and after one piece of feedback, printed as the client sees it."""
+    import httpx
+
+    request = {
+        "user_id": user_id,
+        "prompt": "Explain recursion to a beginner.",
+        "responses": [
+            "A function that calls itself on a smaller input until a base case.",
+            "Recursion is recursion.",
+        ],
+        "n": 8,
+        "m": 4,
+        "return_chains": True,
+    }
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        before = client.post("/v1/score", json=request).raise_for_status().json()
+        client.post(
+            "/v1/feedback",
+            json={
+                "user_id": user_id,
+                "prompt": request["prompt"],
+                "chosen": request["responses"][1],
+                "rejected": request["responses"][0],
+            },
+        ).raise_for_status()
+        after = client.post("/v1/score", json=request).raise_for_status().json()
+    chain = before["chains"][0]
+    print(f"user {user_id} (prototype {before['prototype']}, {before['history_size']} comparisons)")
+    print(f"persona: {json.dumps(chain['persona'])}")
+    print("rubric: " + ", ".join(f"{c['name']} {c['weight']:.2f}" for c in chain["rubric"]))
+    print(f"scores before feedback: {before['scores']} -> preferred {before['preferred']}")
+    print(f"scores after feedback:  {after['scores']} -> preferred {after['preferred']}")
+    print(f"timing ms: {before['timing_ms']}")
+
+
+def run(config: ServeJobConfig) -> None:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    if config.rebuild or not (config.app.state_dir / ROUTER_FILE).exists():
+        build_server_state(config)
+    ray.init(ignore_reinit_error=True)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config.app.model_dump()), name="personal_rm", route_prefix="/")
+    base_url = f"http://{config.host}:{config.port}"
+    print(f"serving on {base_url} (OpenAPI docs at {base_url}/docs)")
+    if config.demo:
+        from personal_rm.store import SQLiteFeedbackStore
+
+        demo(base_url, SQLiteFeedbackStore(config.app.store_path).users()[0])
+        serve.shutdown()
+        return
+    try:
+        threading.Event().wait()  # serve until interrupted
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_config(ServeJobConfig, argv, description=__doc__))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

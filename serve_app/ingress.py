@@ -1,0 +1,176 @@
+"""The HTTP ingress: validation, durable feedback, routing each request to its prototype shard.
+
+Request path: read the user's stored history (plus any history sent with the request), embed
+the texts (cached), place the user in a prototype from that history, and ask the shard of
+that prototype (`multiplexed_model_id`) to score. Feedback is committed to the store before
+the response is sent, and every later score reads the history again, so the user is
+re-adapted (weights, rubric, prototype) from their very next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from personal_rm.data.comparison import Comparison
+from personal_rm.embed import CachedEncoder, MiniLMEncoder, embed_comparisons, pair_text
+from personal_rm.features import PairSet
+from personal_rm.serving import load_router
+from personal_rm.store import SQLiteFeedbackStore
+from serve_app.api import (
+    LIMITS,
+    USER_ID_PATTERN,
+    BatchScoreRequest,
+    BatchScoreResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ScoreRequest,
+    ScoreResponse,
+    UserInfo,
+)
+from serve_app.config import ServeAppConfig
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+app = FastAPI(
+    title="personal-rm",
+    description="Personalized reward scoring: which response would *this* user prefer, and why.",
+    version="0.1.0",
+)
+
+
+@app.middleware("http")
+async def reject_oversized(request: Request, call_next):
+    """413 before the body is read: no request may make a replica parse megabytes."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, 413)
+    return await call_next(request)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, shard: DeploymentHandle, config: ServeAppConfig):
+        import torch
+
+        torch.set_num_threads(1)
+        self.config, self.shard = config, shard
+        self.encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
+        self.router = load_router(config.state_dir, self.encoder)
+        self.store = SQLiteFeedbackStore(config.store_path)
+        self.router_lock = threading.Lock()  # the judges are not thread-safe (see sampler.py)
+
+    def _history(self, user_id: str, extra: list[Comparison]) -> list[Comparison]:
+        stored = self.store.history(user_id, limit=LIMITS.max_history)
+        return (stored + extra)[-LIMITS.max_history :]
+
+    def _embed_history(self, history: list[Comparison]) -> PairSet:
+        return (
+            embed_comparisons(history, self.encoder) if history else PairSet.empty(self.encoder.dim)
+        )
+
+    def _prepare(self, req: ScoreRequest) -> tuple[PairSet, np.ndarray, np.ndarray, int]:
+        """CPU work (SQLite, MiniLM, routing): run in a thread, off the event loop."""
+        history = self._history(req.user_id, [h.comparison(req.user_id) for h in req.history])
+        pairs = self._embed_history(history)
+        request = self.encoder.encode([pair_text(req.prompt, r) for r in req.responses])
+        with self.router_lock:
+            vector = self.router.user_vector(req.user_id, pairs, request)
+        return pairs, request, vector, self.router.prototype(vector)
+
+    async def _score(self, req: ScoreRequest) -> ScoreResponse:
+        if req.method not in self.router.judges:
+            enabled = ", ".join(sorted(self.router.judges))
+            raise HTTPException(400, f"method {req.method!r} is not enabled here ({enabled})")
+        started = time.perf_counter()
+        history, request, vector, prototype = await asyncio.to_thread(self._prepare, req)
+        prepared = time.perf_counter()
+        scaling = self.config.scaling.model_copy(update={"n": req.n, "m": req.m})
+        handle = self.shard.options(multiplexed_model_id=str(prototype))
+        result = await handle.score.remote(
+            req.method, req.user_id, history, vector, request, scaling
+        )
+        done = time.perf_counter()
+        if result.scores is None:
+            raise HTTPException(503, "no valid evaluation chain was produced; retry")
+        chains = result.individual + result.prototype if req.return_chains else None
+        return ScoreResponse(
+            user_id=req.user_id,
+            scores=[float(s) for s in result.scores],
+            preferred=int(result.verdict),
+            prototype=prototype,
+            method=req.method,
+            history_size=len(history),
+            parts={
+                "individual": sum(c is not None for c in result.individual),
+                "prototype": sum(c is not None for c in result.prototype),
+            },
+            alpha=result.alpha,
+            chains=[c.model_dump() if c else None for c in chains] if chains is not None else None,
+            timing_ms={
+                "prepare": 1000 * (prepared - started),
+                "score": 1000 * (done - prepared),
+                "total": 1000 * (done - started),
+            },
+        )
+
+    @app.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, req: ScoreRequest) -> ScoreResponse:
+        """Scores for each response, for this user: test-time scaled chains of the method."""
+        return await self._score(req)
+
+    @app.post("/v1/score/batch", response_model=BatchScoreResponse)
+    async def score_batch(self, batch: BatchScoreRequest) -> BatchScoreResponse:
+        """Many requests in one call, scored concurrently (what an RL trainer sends)."""
+        return BatchScoreResponse(results=await asyncio.gather(*map(self._score, batch.requests)))
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse)
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        """Stored durably (committed) before this returns; the next score uses it."""
+        row = await asyncio.to_thread(self.store.add, req.comparison())
+        size = await asyncio.to_thread(self.store.count, req.user_id)
+        return FeedbackResponse(id=row, user_id=req.user_id, history_size=size)
+
+    @app.get("/v1/users/{user_id}", response_model=UserInfo)
+    async def user(self, user_id: str = PathParam(pattern=USER_ID_PATTERN)) -> UserInfo:
+        def describe() -> UserInfo:
+            history = self._history(user_id, [])
+            if not history:
+                return UserInfo(user_id=user_id, history_size=0, prototype=None, weights=None)
+            pairs = self._embed_history(history)
+            with self.router_lock:
+                vector = self.router.user_vector(user_id, pairs, pairs.chosen)
+                weights = self.router.judges["mrm"].rubrics(pairs, [user_id])[user_id]
+            return UserInfo(
+                user_id=user_id,
+                history_size=len(history),
+                prototype=self.router.prototype(vector),
+                weights=[float(w) for w in weights],
+            )
+
+        return await asyncio.to_thread(describe)
+
+    @app.get("/v1/prototypes")
+    async def prototypes(self) -> list[dict]:
+        index = self.router.model.index
+        assert index is not None
+        return [{"id": p, "members": len(index.members(p))} for p in range(len(index))]
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {
+            "status": "ok",
+            "feedback_rows": await asyncio.to_thread(self.store.count),
+            "methods": sorted(self.router.judges),
+            "state_dir": str(Path(self.config.state_dir)),
+        }

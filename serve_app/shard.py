@@ -1,0 +1,64 @@
+"""Prototype shards: per-prototype state loaded on demand, and the test-time fan-out.
+
+A shard replica holds a few prototypes (members, their vectors and histories), chosen by
+`@serve.multiplexed` on the prototype id, so requests for a prototype go to a replica that has
+it loaded and cold prototypes are evicted LRU. For one request it sends the N individual
+samples (split into `fanout` calls) and the M neighbours' samples to the chain samplers at
+once, gathers them and mixes the two levels with `personal_rm.scaling`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from personal_rm.features import PairSet
+from personal_rm.scaling import ScaledScores, ScalingConfig, dual_granularity
+from personal_rm.serving import PrototypeShard, load_shard
+
+PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` samples over at most `parts` calls, none empty."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+@serve.deployment
+class PrototypeShardServer:
+    def __init__(self, state_dir: Path, sampler: DeploymentHandle, fanout: int):
+        self.state_dir, self.sampler, self.fanout = state_dir, sampler, fanout
+
+    @serve.multiplexed(max_num_models_per_replica=PROTOTYPES_PER_REPLICA)
+    async def get_prototype(self, prototype_id: str) -> PrototypeShard:
+        return await asyncio.to_thread(load_shard, self.state_dir, int(prototype_id))
+
+    async def score(
+        self,
+        method: str,
+        user: str,
+        history: PairSet,
+        vector: np.ndarray,
+        request: np.ndarray,
+        scaling: ScalingConfig,
+    ) -> ScaledScores:
+        shard = await self.get_prototype(serve.get_multiplexed_model_id())
+        neighbours = shard.neighbours(vector, scaling.m, exclude=user)
+        calls = [
+            self.sampler.sample.remote(method, [history], request, n, scaling.seed + 1000 * i)
+            for i, n in enumerate(split_evenly(scaling.n, self.fanout))
+        ]
+        if neighbours:
+            histories = [shard.history(u) for u in neighbours]
+            calls.append(self.sampler.sample.remote(method, histories, request, 1, scaling.seed))
+        results = await asyncio.gather(*calls)
+        individual = [
+            chain for result in results[: len(calls) - bool(neighbours)] for chain in result[0]
+        ]
+        prototype = [chains[0] for chains in results[-1]] if neighbours else []
+        return dual_granularity(individual, prototype, len(history), scaling, neighbours)

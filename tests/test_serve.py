@@ -1,0 +1,171 @@
+"""The scoring service on a real local Ray Serve, queried over HTTP on 127.0.0.1."""
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+
+from jobs.serve import ServeJobConfig, build_server_state
+from personal_rm.config import load_config
+
+pytestmark = pytest.mark.ray
+
+REQUEST = {
+    "user_id": "llmfao_w14",
+    "prompt": "Write a haiku about autumn.",
+    "responses": [
+        "Leaves drift, cold and gold,\nwind hums through the empty trees,\nthe year exhales slow.",
+        "Autumn is a season.",
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    config = load_config(
+        ServeJobConfig,
+        overrides={
+            "max_users": 30,
+            "cache_dir": str(root / "cache"),
+            "port": free_port(),
+            "app.state_dir": str(root / "state"),
+            "app.store_path": str(root / "feedback.sqlite3"),
+            "state.mrm.epochs": 5,
+            "state.rubric.training.epochs": 5,
+            "state.prototypes.k": 3,
+        },
+    )
+    build_server_state(config)
+    return config
+
+
+def deploy(config):
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": config.port})
+    serve.run(build_app(config.app.model_dump()), name="personal_rm", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def client(ray_session, config):
+    from ray import serve
+
+    deploy(config)
+    with httpx.Client(base_url=f"http://127.0.0.1:{config.port}", timeout=120) as client:
+        yield client
+    serve.shutdown()
+
+
+@pytest.mark.parametrize("method", ["mrm", "rubric"])
+def test_score_returns_a_reasoned_preference(client, method):
+    body = client.post(
+        "/v1/score", json={**REQUEST, "method": method, "n": 4, "m": 2, "return_chains": True}
+    )
+    assert body.status_code == 200, body.text
+    result = body.json()
+    assert len(result["scores"]) == 2 and result["preferred"] in (0, 1)
+    assert result["scores"][result["preferred"]] == max(result["scores"])
+    assert result["history_size"] > 0 and result["prototype"] is not None
+    assert result["parts"] == {"individual": 4, "prototype": 2}
+    chain = result["chains"][0]
+    assert abs(sum(c["weight"] for c in chain["rubric"]) - 1) < 1e-3
+    assert set(chain["persona"]) == {"style", "content_and_structure", "core_values"}
+
+
+def test_feedback_is_durable_and_changes_the_next_score(client):
+    user = {**REQUEST, "user_id": "new-user-1", "method": "rubric", "n": 4, "m": 0}
+    before = client.post("/v1/score", json=user).json()
+    assert before["history_size"] == 0  # a cold start is served, not refused
+    for _ in range(4):
+        posted = client.post(
+            "/v1/feedback",
+            json={
+                "user_id": "new-user-1",
+                "prompt": REQUEST["prompt"],
+                "chosen": REQUEST["responses"][1],
+                "rejected": REQUEST["responses"][0],
+            },
+        )
+        assert posted.status_code == 200, posted.text
+    assert posted.json()["history_size"] == 4
+    after = client.post("/v1/score", json=user).json()
+    assert after["history_size"] == 4
+    margin = lambda r: r["scores"][1] - r["scores"][0]  # noqa: E731
+    assert margin(after) > margin(before)  # moved towards what the user said they prefer
+    info = client.get("/v1/users/new-user-1").json()
+    assert info["history_size"] == 4 and abs(sum(info["weights"]) - 1) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "reason"),
+    [
+        ({"responses": ["only one"]}, 422, "responses"),
+        ({"responses": ["r"] * 17}, 422, "responses"),
+        ({"prompt": "x" * 8001}, 422, "prompt"),
+        ({"prompt": ""}, 422, "prompt"),
+        ({"user_id": "../../etc/passwd"}, 422, "user_id"),
+        ({"user_id": "a b"}, 422, "user_id"),
+        ({"n": 0}, 422, "n"),
+        ({"n": 33}, 422, "n"),
+        ({"m": -1}, 422, "m"),
+        ({"method": "best"}, 422, "method"),
+        ({"responses": "not a list"}, 422, "responses"),
+        ({"unexpected": 1}, 422, "unexpected"),
+        ({"history": [{"prompt": "p", "chosen": "a", "rejected": "a"}]}, 422, "history"),
+        ({"method": "genrm"}, 400, "not enabled"),
+    ],
+)
+def test_client_mistakes_get_a_4xx_naming_the_problem(client, change, status, reason):
+    response = client.post("/v1/score", json={**REQUEST, **change})
+    assert response.status_code == status, response.text
+    assert reason in response.text
+
+
+def test_malformed_bodies_and_paths_are_4xx(client):
+    assert (
+        client.post(
+            "/v1/score", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
+    assert client.post("/v1/score", content=b"x" * (5 * 1024 * 1024)).status_code == 413
+    assert client.get("/v1/users/bad%20id").status_code == 422
+    feedback = {"user_id": "u", "prompt": "p", "chosen": "same", "rejected": "same"}
+    assert client.post("/v1/feedback", json=feedback).status_code == 422
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_batch_and_concurrent_requests(client, config):
+    batch = client.post("/v1/score/batch", json={"requests": [REQUEST] * 3})
+    assert batch.status_code == 200 and len(batch.json()["results"]) == 3
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}", timeout=120) as c:
+            return await asyncio.gather(
+                *[c.post("/v1/score", json={**REQUEST, "n": 2}) for _ in range(12)]
+            )
+
+    assert [r.status_code for r in asyncio.run(burst())] == [200] * 12
+
+
+def test_feedback_survives_an_application_restart(client, config):
+    from ray import serve
+
+    client.post(
+        "/v1/feedback",
+        json={"user_id": "durable-user", "prompt": "p", "chosen": "a", "rejected": "b"},
+    ).raise_for_status()
+    serve.delete("personal_rm")
+    deploy(config)
+    assert client.get("/v1/users/durable-user").json()["history_size"] == 1
+    assert [p["members"] > 0 for p in client.get("/v1/prototypes").json()] == [True] * 3
