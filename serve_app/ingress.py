@@ -10,21 +10,17 @@ re-adapted (weights, rubric, prototype) from their very next request.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from personal_rm.data.comparison import Comparison
-from personal_rm.embed import CachedEncoder, MiniLMEncoder, embed_comparisons, pair_text
-from personal_rm.features import PairSet
-from personal_rm.serving import load_router
+from personal_rm.embed import CachedEncoder, MiniLMEncoder
+from personal_rm.serving import Frontend, load_router
 from personal_rm.store import SQLiteFeedbackStore
 from serve_app.api import (
     LIMITS,
@@ -68,37 +64,22 @@ class Ingress:
         self.encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
         self.router = load_router(config.state_dir, self.encoder)
         self.store = SQLiteFeedbackStore(config.store_path)
-        self.router_lock = threading.Lock()  # the judges are not thread-safe (see sampler.py)
-
-    def _history(self, user_id: str, extra: list[Comparison]) -> list[Comparison]:
-        stored = self.store.history(user_id, limit=LIMITS.max_history)
-        return (stored + extra)[-LIMITS.max_history :]
-
-    def _embed_history(self, history: list[Comparison]) -> PairSet:
-        return (
-            embed_comparisons(history, self.encoder) if history else PairSet.empty(self.encoder.dim)
-        )
-
-    def _prepare(self, req: ScoreRequest) -> tuple[PairSet, np.ndarray, np.ndarray, int]:
-        """CPU work (SQLite, MiniLM, routing): run in a thread, off the event loop."""
-        history = self._history(req.user_id, [h.comparison(req.user_id) for h in req.history])
-        pairs = self._embed_history(history)
-        request = self.encoder.encode([pair_text(req.prompt, r) for r in req.responses])
-        with self.router_lock:
-            vector = self.router.user_vector(req.user_id, pairs, request)
-        return pairs, request, vector, self.router.prototype(vector)
+        self.frontend = Frontend(self.router, self.store, self.encoder, LIMITS.max_history)
 
     async def _score(self, req: ScoreRequest) -> ScoreResponse:
         if req.method not in self.router.judges:
             enabled = ", ".join(sorted(self.router.judges))
             raise HTTPException(400, f"method {req.method!r} is not enabled here ({enabled})")
         started = time.perf_counter()
-        history, request, vector, prototype = await asyncio.to_thread(self._prepare, req)
+        extra = [h.comparison(req.user_id) for h in req.history]
+        prep = await asyncio.to_thread(
+            self.frontend.prepare, req.user_id, req.prompt, req.responses, extra
+        )
         prepared = time.perf_counter()
         scaling = self.config.scaling.model_copy(update={"n": req.n, "m": req.m})
-        handle = self.shard.options(multiplexed_model_id=str(prototype))
+        handle = self.shard.options(multiplexed_model_id=str(prep.prototype))
         result = await handle.score.remote(
-            req.method, req.user_id, history, vector, request, scaling
+            req.method, req.user_id, prep.history, prep.vector, prep.request, scaling
         )
         done = time.perf_counter()
         if result.scores is None:
@@ -108,9 +89,9 @@ class Ingress:
             user_id=req.user_id,
             scores=[float(s) for s in result.scores],
             preferred=int(result.verdict),
-            prototype=prototype,
+            prototype=prep.prototype,
             method=req.method,
-            history_size=len(history),
+            history_size=len(prep.history),
             parts={
                 "individual": sum(c is not None for c in result.individual),
                 "prototype": sum(c is not None for c in result.prototype),
@@ -143,22 +124,8 @@ class Ingress:
 
     @app.get("/v1/users/{user_id}", response_model=UserInfo)
     async def user(self, user_id: str = PathParam(pattern=USER_ID_PATTERN)) -> UserInfo:
-        def describe() -> UserInfo:
-            history = self._history(user_id, [])
-            if not history:
-                return UserInfo(user_id=user_id, history_size=0, prototype=None, weights=None)
-            pairs = self._embed_history(history)
-            with self.router_lock:
-                vector = self.router.user_vector(user_id, pairs, pairs.chosen)
-                weights = self.router.judges["mrm"].rubrics(pairs, [user_id])[user_id]
-            return UserInfo(
-                user_id=user_id,
-                history_size=len(history),
-                prototype=self.router.prototype(vector),
-                weights=[float(w) for w in weights],
-            )
-
-        return await asyncio.to_thread(describe)
+        size, prototype, weights = await asyncio.to_thread(self.frontend.describe, user_id)
+        return UserInfo(user_id=user_id, history_size=size, prototype=prototype, weights=weights)
 
     @app.get("/v1/prototypes")
     async def prototypes(self) -> list[dict]:

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from personal_rm.chains import EvaluationChain
 from personal_rm.features import PairSet
 from personal_rm.scaling import ScaledScores, ScalingConfig, dual_granularity
 from personal_rm.serving import PrototypeShard, load_shard
 
 PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
+SAMPLER_ATTEMPTS = 3
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -38,6 +41,16 @@ class PrototypeShardServer:
     async def get_prototype(self, prototype_id: str) -> PrototypeShard:
         return await asyncio.to_thread(load_shard, self.state_dir, int(prototype_id))
 
+    async def _sample(self, *args) -> list[list[EvaluationChain | None]]:
+        """A sampler replica that dies mid-call (node loss, OOM, a kill) costs a retry on
+        another replica, not a failed request: sampling is a pure function of its inputs."""
+        for _ in range(SAMPLER_ATTEMPTS - 1):
+            try:
+                return await self.sampler.sample.remote(*args)
+            except RayActorError:
+                continue
+        return await self.sampler.sample.remote(*args)
+
     async def score(
         self,
         method: str,
@@ -50,12 +63,12 @@ class PrototypeShardServer:
         shard = await self.get_prototype(serve.get_multiplexed_model_id())
         neighbours = shard.neighbours(vector, scaling.m, exclude=user)
         calls = [
-            self.sampler.sample.remote(method, [history], request, n, scaling.seed + 1000 * i)
+            self._sample(method, [history], request, n, scaling.seed + 1000 * i)
             for i, n in enumerate(split_evenly(scaling.n, self.fanout))
         ]
         if neighbours:
             histories = [shard.history(u) for u in neighbours]
-            calls.append(self.sampler.sample.remote(method, histories, request, 1, scaling.seed))
+            calls.append(self._sample(method, histories, request, 1, scaling.seed))
         results = await asyncio.gather(*calls)
         individual = [
             chain for result in results[: len(calls) - bool(neighbours)] for chain in result[0]

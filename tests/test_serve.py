@@ -6,7 +6,7 @@ import socket
 import httpx
 import pytest
 
-from jobs.serve import ServeJobConfig, build_server_state
+from jobs.serve import APP_NAME, ServeJobConfig, build_server_state, deploy
 from personal_rm.config import load_config
 
 pytestmark = pytest.mark.ray
@@ -45,15 +45,6 @@ def config(tmp_path_factory):
     )
     build_server_state(config)
     return config
-
-
-def deploy(config):
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    serve.start(http_options={"host": "127.0.0.1", "port": config.port})
-    serve.run(build_app(config.app.model_dump()), name="personal_rm", route_prefix="/")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +156,7 @@ def test_feedback_survives_an_application_restart(client, config):
         "/v1/feedback",
         json={"user_id": "durable-user", "prompt": "p", "chosen": "a", "rejected": "b"},
     ).raise_for_status()
-    serve.delete("personal_rm")
+    serve.delete(APP_NAME)
     deploy(config)
     assert client.get("/v1/users/durable-user").json()["history_size"] == 1
     assert [p["members"] > 0 for p in client.get("/v1/prototypes").json()] == [True] * 3
