@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from pathlib import Path
 
 from pydantic import Field
 
@@ -36,25 +37,30 @@ class ServeJobConfig(DataConfig):
 
 def build_server_state(config: ServeJobConfig) -> None:
     """Fit the judges and prototypes, save them, and seed the feedback store."""
-    from personal_rm.data import load_comparisons
     from personal_rm.embed import CachedEncoder, MiniLMEncoder
+    from personal_rm.mrm import MetaRewardModel
     from personal_rm.prepare import prepare
     from personal_rm.serving import build_state, save_state
-    from personal_rm.store import SQLiteFeedbackStore
 
     prepared = prepare(config, config.split)
     encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
-    router, shards = build_state(
-        prepared.seen_train(), prepared.validation(), config.state, encoder
-    )
+    train, validation = prepared.seen_train(), prepared.validation()
+    mrm = MetaRewardModel(config.state.mrm)
+    mrm.fit(train, validation)
+    router, shards = build_state(train, validation, config.state, encoder, mrm)
     save_state(router, shards, config.app.state_dir)
-    store = SQLiteFeedbackStore(config.app.store_path)
+    seed_store(config.app.store_path, prepared.source)
+    print(f"state in {config.app.state_dir}: {len(shards)} prototypes")
+
+
+def seed_store(path: Path, source: Path) -> None:
+    """Give every user of the data a history on the server (once: a store is never reseeded)."""
+    from personal_rm.data import load_comparisons
+    from personal_rm.store import SQLiteFeedbackStore
+
+    store = SQLiteFeedbackStore(path)
     if store.count() == 0:
-        store.add_many(load_comparisons(prepared.source, on_error="skip").comparisons)
-    print(
-        f"state in {config.app.state_dir}: {len(shards)} prototypes; "
-        f"store {config.app.store_path}: {store.count()} comparisons"
-    )
+        store.add_many(load_comparisons(source, on_error="skip").comparisons)
 
 
 def demo(base_url: str, user_id: str) -> None:
@@ -68,6 +74,7 @@ def demo(base_url: str, user_id: str) -> None:
             "A function that calls itself on a smaller input until a base case.",
             "Recursion is recursion.",
         ],
+        "method": "rubric",
         "n": 8,
         "m": 4,
         "return_chains": True,

@@ -42,11 +42,15 @@ def evaluate_method(
     validation: PairSet | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    fitted: bool = False,
 ) -> list[dict[str, Any]]:
+    """`fitted=True` scores a model already fitted on this split's seen users elsewhere (by
+    Ray Train, say) instead of fitting it again."""
     ids = pairs.user_ids
     seen_train = split.rows_of(split.train, split.seen_users, ids)
     started = time.perf_counter()
-    model.fit(pairs.take(seen_train), validation)
+    if not fitted:
+        model.fit(pairs.take(seen_train), validation)
     fit_seconds = time.perf_counter() - started
 
     def row(group: str, k: KShot, users: Sequence[str], support: np.ndarray) -> dict[str, Any]:

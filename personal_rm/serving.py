@@ -84,15 +84,18 @@ class PrototypeShard:
 
 
 def build_state(
-    train: PairSet, validation: PairSet | None, config: StateConfig, encoder
+    train: PairSet,
+    validation: PairSet | None,
+    config: StateConfig,
+    encoder: TextEncoder,
+    mrm: MetaRewardModel,
 ) -> tuple[Router, list[PrototypeShard]]:
-    """Fit both judges and the prototypes on the seen users' comparisons."""
+    """Fit the rubric judge and the prototypes on the seen users' comparisons; `mrm` is an
+    MRM already meta-trained on them (in process, or on Ray Train)."""
     scaled = ScaledRewardModel(
         RubricJudge(config.rubric, encoder), config.prototypes, config.scaling, encoder
     )
     scaled.fit(train, validation)
-    mrm = MetaRewardModel(config.mrm)
-    mrm.fit(train, validation)
     index = scaled.index
     assert index is not None
     shards = [

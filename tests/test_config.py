@@ -7,7 +7,15 @@ from pydantic import ValidationError
 from jobs.evaluate import EvaluateConfig
 from personal_rm.config import load_config, parse_config
 
-JOBS = ["jobs.evaluate", "jobs.meta_train_mrm"]
+JOBS = [
+    "jobs.evaluate",
+    "jobs.meta_train_mrm",
+    "jobs.serve",
+    "jobs.pipeline",
+    "jobs.build_chains",
+    "jobs.train_genrm",
+    "jobs.score_genrm",
+]
 
 
 def test_yaml_then_flags_override_defaults(tmp_path):
