@@ -18,11 +18,11 @@ class ServeBenchConfig(ServeJobConfig):
 
 def start(config: ServeJobConfig) -> str:
     """Build the state if it is missing, start a local Ray and the app; return the base URL."""
-    import ray
+    from actors.local_ray import connect
 
     if not (config.app.state_dir / ROUTER_FILE).exists():
         build_server_state(config)
-    ray.init(ignore_reinit_error=True, include_dashboard=True)
+    connect()
     return deploy(config)
 
 

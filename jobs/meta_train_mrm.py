@@ -56,14 +56,13 @@ def plot_training(history: list[dict], path: Path) -> None:
 
 
 def run(config: MetaTrainConfig) -> Path:
-    import ray
-
+    from actors.local_ray import connect
     from actors.mrm_trainer import fit_distributed
     from personal_rm.prepare import prepare
 
     prepared = prepare(config, config.split)
     validation = prepared.validation()
-    ray.init(address=config.address, ignore_reinit_error=True)
+    connect(config.address)
     model, result = fit_distributed(
         prepared.seen_train(),
         config.mrm,

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
+from actors.local_ray import connect
 from actors.mrm_trainer import RayTrainConfig
 from personal_rm.baselines import BaselineConfig
 from personal_rm.config import dump_config, load_config, parse_config
@@ -211,8 +212,7 @@ class Pipeline:
 
         self.config.out.mkdir(parents=True, exist_ok=True)
         dump_config(self.config, self.config.out / "config.yaml")
-        owns_ray = not ray.is_initialized()  # under `ray job submit`, or a caller's Ray
-        ray.init(ignore_reinit_error=True)
+        owns_ray = connect()
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())
         with Progress(*columns) as progress:
             task = progress.add_task("pipeline", total=len(STAGES))

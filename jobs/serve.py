@@ -112,12 +112,13 @@ def deploy(config: ServeJobConfig) -> str:
 
 
 def run(config: ServeJobConfig) -> None:
-    import ray
     from ray import serve
+
+    from actors.local_ray import connect
 
     if config.rebuild or not (config.app.state_dir / ROUTER_FILE).exists():
         build_server_state(config)
-    ray.init(ignore_reinit_error=True)
+    connect()
     base_url = deploy(config)
     print(f"serving on {base_url} (OpenAPI docs at {base_url}/docs)")
     if config.demo:

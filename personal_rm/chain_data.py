@@ -11,13 +11,63 @@ and states totals that match its arithmetic: we teach consistent chains only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from personal_rm.chains import EvaluationChain
 from personal_rm.chains_prompt import render_messages
+from personal_rm.data import Comparison
+from personal_rm.data.splits import Split
 from personal_rm.judge import Judged, agrees, comparison_id
+from personal_rm.prepare import SplitConfig
+
+
+class ChainDataConfig(BaseModel):
+    """What the generative-judge jobs read and how the judge sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        "llmfao", description="A file in the normalized schema, or a dataset name (llmfao ships)."
+    )
+    format: str = Field("normalized", description="Input format (see jobs.evaluate --help).")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="Stop at the first malformed row, or skip and count them."
+    )
+    max_users: int | None = Field(None, description="Keep this many users (seeded): quick runs.")
+    seed: int = Field(0, description="Seed of the user sample, the split, histories and shuffles.")
+    history_size: int = Field(4, description="h: the user's past comparisons shown to the judge.")
+    max_text_chars: int | None = Field(
+        1500, description="Cut every prompt/response text in the judge prompt to this length."
+    )
+
+
+def load_split(config: ChainDataConfig, split: SplitConfig) -> tuple[list[Comparison], Split]:
+    """The comparisons and the same user split that `jobs.evaluate` uses for this seed."""
+    from personal_rm.data import resolve_dataset
+    from personal_rm.data.formats import load_any
+    from personal_rm.data.splits import user_protocol_split
+
+    comparisons = load_any(resolve_dataset(config.data), config.format, on_error=config.on_error)
+    comparisons = comparisons.comparisons
+    if config.max_users is not None:
+        users = sorted({c.user_id for c in comparisons})
+        keep = set(np.random.default_rng(config.seed).permutation(users)[: config.max_users])
+        comparisons = [c for c in comparisons if c.user_id in keep]
+    user_ids = np.array([c.user_id for c in comparisons], dtype=object)
+    return comparisons, user_protocol_split(user_ids, seed=config.seed, **split.model_dump())
+
+
+def select(
+    comparisons: Sequence[Comparison], split: Split, rows: np.ndarray, users: Sequence[str]
+) -> list[Comparison]:
+    """The comparisons among `rows` (e.g. `split.train`) that belong to `users`."""
+    user_ids = np.array([c.user_id for c in comparisons], dtype=object)
+    return [comparisons[i] for i in split.rows_of(rows, users, user_ids)]
 
 
 def accepted_index(judged: Judged) -> int | None:

@@ -4,7 +4,7 @@ A served judge meets garbled, truncated and creative output every day; each way 
 can fail is a `FailureKind`, so failure rates are counted by cause instead of crashing a
 server or being silently dropped from a metric. Weights that sum to 1 up to rounding
 (0.33 + 0.33 + 0.33) are renormalised; further off, the rubric is inconsistent. Final scores
-are always recomputed from weights × scores (`EvaluationChain.final_scores`); stated totals
+are always recomputed from weights * scores (`EvaluationChain.final_scores`); stated totals
 are kept so `totals_disagree()` can flag a judge that cannot add.
 """
 

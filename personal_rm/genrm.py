@@ -91,13 +91,13 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return model(**batch).loss
 
 
-def chain_reward(text: str, order: Sequence[int], format_reward: float) -> tuple[float, bool]:
-    """(reward, parsed): 1 for a chain preferring the chosen response, + `format_reward` for
-    any chain that parses. `order` maps shown positions back to (chosen, rejected)."""
+def judge_sample(text: str, order: Sequence[int]) -> tuple[bool, bool]:
+    """(parsed, correct): does the sample parse, and does its chain prefer the chosen
+    response? `order` maps the shown positions back to (chosen, rejected)."""
     chain = parse_chain(text, len(order))
     if not isinstance(chain, EvaluationChain):
-        return 0.0, False
-    return float(agrees(unshuffle(chain, order))) + format_reward, True
+        return False, False
+    return True, agrees(unshuffle(chain, order))
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -166,11 +166,15 @@ def grpo_step(
     policy.eval()
     samples = backend.generate([row["prompt"] for row in rows], config.group_size, sampling)
     policy.train()
-    scored = [
-        [chain_reward(text, row["order"], config.format_reward) for text in texts]
-        for row, texts in zip(rows, samples, strict=True)
-    ]
-    rewards = torch.tensor([[r for r, _ in group] for group in scored])
+    judged = torch.tensor(
+        [
+            [judge_sample(text, row["order"]) for text in texts]
+            for row, texts in zip(rows, samples, strict=True)
+        ],
+        dtype=torch.float32,
+    )  # (prompts, G, [parsed, correct])
+    parsed, correct = judged[..., 0], judged[..., 1]
+    rewards = correct + config.format_reward * parsed
     advantages = group_advantages(rewards).flatten().to(_device(policy))
     prompt_ids, completion_ids = [], []
     for row, texts in zip(rows, samples, strict=True):
@@ -187,11 +191,10 @@ def grpo_step(
             reference, prompt_ids, completion_ids, tokenizer.pad_token_id
         )
     loss, kl = grpo_loss(logps, ref_logps, advantages, mask, config.kl_coef)
-    parsed = [p for group in scored for _, p in group]
     metrics = {
         "reward": float(rewards.mean()),
-        "parse_rate": sum(parsed) / len(parsed),
-        "correct_rate": float((rewards >= 1).float().mean()),
+        "parse_rate": float(parsed.mean()),
+        "correct_rate": float(correct.mean()),
         "kl": float(kl),
         "loss": float(loss),
     }

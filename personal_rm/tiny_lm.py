@@ -1,11 +1,12 @@
 """A tiny random-weight Llama and a byte-level BPE tokenizer trained locally: no download.
 
-    python -m personal_rm.tiny_lm /tmp/tiny   # folder that transformers and vLLM both load
+    python -m personal_rm.tiny_lm /tmp/tiny [chains.jsonl]   # tokenizer fit to chain data
 
 Tests, the CPU pipeline and benchmarks use it to run the generative judge's plumbing for
-real. The defaults are the smallest shape vLLM's CPU attention accepts (head_dim 32). The
-tokenizer is trained on text like what the model will read and write (pass a corpus), so
-sequences stay short; the chat template is a plain one of our own.
+real. Defaults: head_dim 32 (vLLM's CPU attention accepts it), and just big enough to learn
+the chain format in ~200 SFT steps (hidden 64 needs far more). The tokenizer is trained on
+text like what the model will read and write (pass a corpus), so sequences stay short; the
+chat template is a plain one of our own.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def build_tiny_lm(
     corpus: Iterable[str] = DEFAULT_CORPUS,
     *,
     vocab_size: int = 512,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     num_layers: int = 2,
-    num_heads: int = 2,
+    num_heads: int = 4,
     max_positions: int = 4096,
     seed: int = 0,
 ) -> Path:
@@ -77,5 +78,17 @@ def build_tiny_lm(
     return directory
 
 
+def chain_corpus(path: str | Path) -> list[str]:
+    """Every prompt message and target chain of a chain dataset (`jobs.build_chains`)."""
+    from personal_rm.chain_data import read_rows
+
+    texts = []
+    for row in read_rows(Path(path)):
+        texts += [m["content"] for m in row["prompt"] + row.get("completion", [])]
+    return texts
+
+
 if __name__ == "__main__":
-    print(build_tiny_lm(sys.argv[1] if len(sys.argv) > 1 else "tiny-lm"))
+    out = sys.argv[1] if len(sys.argv) > 1 else "tiny-lm"
+    corpus = chain_corpus(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_CORPUS
+    print(build_tiny_lm(out, corpus))

@@ -11,11 +11,12 @@ def minilm() -> MiniLMEncoder:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One real local Ray for the whole test session (start-up dominates small jobs)."""
+    """One real local Ray for the whole test session (start-up dominates small jobs); a new
+    private instance, never a cluster that something else started on this machine."""
     import ray
 
-    ray.init(
-        num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=True, log_to_driver=False
-    )
+    from actors.local_ray import init_local_ray
+
+    init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -63,6 +63,12 @@ def chat_text(tokenizer: Any, messages: Sequence[Message]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def distinct_samples(n: int, sampling: SamplingConfig) -> int:
+    """Greedy decoding has one answer: backends ask for it once and repeat it n times (vLLM,
+    transformers and vLLM's server all refuse n > 1 without sampling)."""
+    return n if sampling.temperature > 0 else 1
+
+
 def build_backend(config: BackendConfig) -> GenerationBackend:
     if config.kind == "transformers":
         from personal_rm.backends.transformers_backend import TransformersBackend
@@ -99,4 +105,11 @@ def build_backend(config: BackendConfig) -> GenerationBackend:
     return HeuristicTeacher()
 
 
-__all__ = ["BackendConfig", "GenerationBackend", "SamplingConfig", "build_backend", "chat_text"]
+__all__ = [
+    "BackendConfig",
+    "GenerationBackend",
+    "SamplingConfig",
+    "build_backend",
+    "chat_text",
+    "distinct_samples",
+]

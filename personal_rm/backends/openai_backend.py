@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from personal_rm.backends import SamplingConfig
+from personal_rm.backends import SamplingConfig, distinct_samples
 from personal_rm.chains_prompt import Message
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -48,7 +48,7 @@ class OpenAIBackend:
         payload = {
             "model": self.model,
             "messages": list(messages),
-            "n": n,
+            "n": distinct_samples(n, sampling),
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -61,7 +61,8 @@ class OpenAIBackend:
                 if response.status_code not in RETRY_STATUS:
                     response.raise_for_status()
                     choices = sorted(response.json()["choices"], key=lambda c: c["index"])
-                    return [c["message"]["content"] or "" for c in choices]
+                    texts = [c["message"]["content"] or "" for c in choices]
+                    return texts * (n // len(texts))
                 error: Exception = httpx.HTTPStatusError(
                     f"status {response.status_code}", request=response.request, response=response
                 )

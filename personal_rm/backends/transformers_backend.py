@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from personal_rm.backends import SamplingConfig, chat_text
+from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
 from personal_rm.chains_prompt import Message
 
 
@@ -19,6 +19,8 @@ class TransformersBackend:
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
         self.model = model
         self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:  # e.g. Llama 3; padded positions are masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
         self.batch_size = batch_size
 
     @classmethod
@@ -38,6 +40,7 @@ class TransformersBackend:
             torch.manual_seed(sampling.seed)
         tokenizer = self.tokenizer
         tokenizer.padding_side = "left"  # generation continues every row from its last token
+        k = distinct_samples(n, sampling)
         options: dict[str, Any] = {"do_sample": sampling.temperature > 0}
         if options["do_sample"]:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)
@@ -53,13 +56,13 @@ class TransformersBackend:
             output = self.model.generate(
                 **batch,
                 max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=n,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                num_return_sequences=k,
                 **options,
             )
             decoded = tokenizer.batch_decode(
                 output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
             )
-            results += [decoded[i : i + n] for i in range(0, len(decoded), n)]
+            results += [decoded[i : i + k] * (n // k) for i in range(0, len(decoded), k)]
         return results

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from personal_rm.backends import SamplingConfig, chat_text
+from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
 from personal_rm.chains_prompt import Message
 
 
@@ -45,13 +45,19 @@ class VLLMBackend:
     ) -> list[list[str]]:
         from vllm import SamplingParams
 
+        k = distinct_samples(n, sampling)
         params = SamplingParams(
-            n=n,
+            n=k,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
+            # vLLM seeds the n samples of a request alike: a seed with n > 1 gives n copies.
+            seed=sampling.seed if k == 1 else None,
         )
         texts = [chat_text(self.tokenizer, p) for p in prompts]
         outputs = self.llm.generate(texts, params, use_tqdm=False)
-        return [[sample.text for sample in output.outputs] for output in outputs]
+        return [[sample.text for sample in output.outputs] * (n // k) for output in outputs]
+
+    def close(self) -> None:
+        """Stop the engine-core process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,85 @@
+"""Build the GenRM chain dataset: a teacher writes chains for training comparisons.
+
+    python -m jobs.build_chains --out results/chains/chains.jsonl            # heuristic teacher
+    python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \\
+        --teacher.tensor_parallel_size 2 --actor_gpus 2 --tries 4 --out results/chains/chains.jsonl
+
+For each seen user's training comparison, the teacher sees h of the user's other training
+comparisons (leave-one-out) and the two responses in a seeded random order, and samples
+`--tries` chains; the first chain that prefers the user's actual choice, with consistent
+scores, becomes the SFT target (rejection sampling). Every comparison gets a row, accepted or
+not, with provenance; a rerun skips rows already written. The default teacher is the
+heuristic CPU stand-in (`personal_rm/backends/heuristic.py`): not an LLM, labelled as such
+in each row's provenance.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import Field
+
+from personal_rm.backends import BackendConfig, SamplingConfig
+from personal_rm.chain_data import ChainDataConfig
+from personal_rm.config import dump_config, parse_config
+from personal_rm.prepare import SplitConfig
+
+
+class BuildChainsConfig(ChainDataConfig):
+    out: Path = Field(Path("results/chains/chains.jsonl"), description="JSONL to append rows to.")
+    tries: int = Field(4, description="R: chains sampled per comparison for rejection sampling.")
+    max_rows: int | None = Field(None, description="Only the first N training comparisons.")
+    num_actors: int = Field(2, description="Teacher actors (backend replicas).")
+    actor_cpus: float = Field(1.0, description="CPUs per teacher actor.")
+    actor_gpus: float = Field(0.0, description="GPUs per teacher actor (= tensor_parallel_size).")
+    batch_size: int = Field(8, description="Comparisons per actor call.")
+    address: str | None = Field(None, description="Ray cluster address; default: local.")
+    teacher: BackendConfig = BackendConfig(kind="heuristic")
+    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1536)
+    split: SplitConfig = SplitConfig()
+
+
+def run(config: BuildChainsConfig) -> dict[str, int]:
+    from actors.chain_builder import build_chains
+    from actors.local_ray import connect
+    from personal_rm.chain_data import load_split, select
+    from personal_rm.judge import make_tasks
+
+    comparisons, split = load_split(config, config.split)
+    train = select(comparisons, split, split.train, split.seen_users)
+    tasks = make_tasks(train, train, config.history_size, config.seed)[: config.max_rows]
+    print(f"{len(tasks)} training comparisons of {len(split.seen_users)} seen users")
+    connect(config.address)
+    provenance = {
+        "teacher": config.teacher.kind,
+        "teacher_model": config.teacher.model or None,
+        "stand_in_teacher": config.teacher.kind == "heuristic",
+        "temperature": config.sampling.temperature,
+        "history_size": config.history_size,
+        "data": config.data,
+        "seed": config.seed,
+    }
+    counts = build_chains(
+        tasks,
+        config.out,
+        config.teacher,
+        tries=config.tries,
+        sampling=config.sampling,
+        max_text_chars=config.max_text_chars,
+        provenance=provenance,
+        num_actors=config.num_actors,
+        actor_options={"num_cpus": config.actor_cpus, "num_gpus": config.actor_gpus},
+        batch_size=config.batch_size,
+    )
+    dump_config(config, config.out.with_suffix(".config.yaml"))
+    print(f"{config.out}: {counts}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_config(BuildChainsConfig, argv, description=__doc__))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,136 @@
+"""Every backend on the same tiny random Llama: transformers in-process, OpenAI-compatible
+over real HTTP on 127.0.0.1, and vLLM (vllm-cpu) when it is installed."""
+
+import os
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from genrm_fixtures import tiny_judge, toy_comparisons
+
+from personal_rm.backends import BackendConfig, SamplingConfig, build_backend
+from personal_rm.backends.openai_backend import OpenAIBackend
+from personal_rm.backends.openai_server import make_app
+from personal_rm.backends.transformers_backend import TransformersBackend
+from personal_rm.chains_prompt import render_messages
+from personal_rm.judge import make_tasks
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
+SAMPLED = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=7)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tiny_judge(tmp_path_factory.getbasetemp() / "tiny-judge")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    data = toy_comparisons(2, 3)
+    return [render_messages(t.request()) for t in make_tasks(data, data, 1)[:3]]
+
+
+@pytest.fixture(scope="module")
+def local(model_dir):
+    return TransformersBackend.load(str(model_dir), batch_size=2)
+
+
+def check_shape_and_sampling(backend, prompts):
+    samples = backend.generate(prompts, 3, SAMPLED)
+    assert len(samples) == len(prompts) and all(len(s) == 3 for s in samples)
+    assert all(isinstance(t, str) and t for s in samples for t in s)
+    assert len({t for s in samples for t in s}) > len(prompts)  # samples differ
+    greedy = backend.generate(prompts, 2, GREEDY)
+    assert all(s[0] == s[1] for s in greedy)  # temperature 0 is deterministic
+    return greedy
+
+
+def test_transformers_backend_batches_and_samples(local, prompts):
+    greedy = check_shape_and_sampling(local, prompts)
+    # Batching (left padding) must not change a prompt's continuation.
+    alone = [local.generate([p], 1, GREEDY)[0][0] for p in prompts]
+    assert alone == [s[0] for s in greedy]
+    assert local.generate(prompts, 2, SAMPLED) == local.generate(prompts, 2, SAMPLED)
+
+
+@pytest.fixture(scope="module")
+def server(local):
+    """Our OpenAI-compatible app on a free loopback port, served by uvicorn in a thread."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(make_app(local, "tiny"), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def test_openai_backend_against_a_real_local_server(server, local, prompts):
+    backend = build_backend(
+        BackendConfig(kind="openai", model="tiny", base_url=server, concurrency=2)
+    )
+    greedy = check_shape_and_sampling(backend, prompts)
+    # The server really runs the model: same tokens as calling it in-process.
+    assert [s[0] for s in greedy] == [s[0] for s in local.generate(prompts, 1, GREEDY)]
+    assert httpx.get(f"{server}/models").json()["data"][0]["id"] == "tiny"
+
+
+def test_openai_backend_retries_then_raises():
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = OpenAIBackend(
+        f"http://127.0.0.1:{port}/v1", "tiny", timeout_s=1, max_retries=2, backoff_s=0.05
+    )
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="3 attempts failed"):
+        backend.generate([[{"role": "user", "content": "hi"}]], 1, GREEDY)
+    assert 0.15 <= time.monotonic() - start < 10  # backed off 0.05 + 0.1 s, then gave up
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(model_dir):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="personal-rm\\[gpu\\]"):
+            build_backend(BackendConfig(kind="vllm", model=str(model_dir)))
+    else:
+        pytest.skip("vllm is installed: the real backend is tested below")
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(model_dir):
+    """One vLLM engine for the module (start-up is ~30-90 s on 2 CPU cores)."""
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    backend = build_backend(
+        BackendConfig(
+            kind="vllm",
+            model=str(model_dir),
+            dtype="float32",
+            max_model_len=2048,
+            enforce_eager=True,
+        )
+    )
+    yield backend
+    backend.close()
+
+
+def test_vllm_backend_samples_n_per_prompt(vllm_backend, local, prompts):
+    greedy = check_shape_and_sampling(vllm_backend, prompts)
+    # Same weights (float32), same greedy tokens as transformers.
+    assert [s[0] for s in greedy] == [s[0] for s in local.generate(prompts, 1, GREEDY)]
