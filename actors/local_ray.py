@@ -23,11 +23,13 @@ def init_local_ray(**kwargs: Any) -> None:
     with socket.socket() as probe:  # a free port for the dashboard, which serves the state API
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    api = f"http://127.0.0.1:{port}"
+    os.environ["RAY_API_SERVER_ADDRESS"] = api  # this driver's own state-API calls too
     ray.init(
         address="local",
         include_dashboard=True,
         dashboard_port=port,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api}},
         **kwargs,
     )
 

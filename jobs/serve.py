@@ -106,7 +106,11 @@ def deploy(config: ServeJobConfig) -> str:
 
     from serve_app.app import build_app
 
-    serve.start(http_options={"host": config.host, "port": config.port})
+    # Per-request access logs would drown what the jobs print; warnings still show.
+    serve.start(
+        http_options={"host": config.host, "port": config.port},
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
+    )
     serve.run(build_app(config.app.model_dump()), name=APP_NAME, route_prefix="/")
     return f"http://{config.host}:{config.port}"
 
