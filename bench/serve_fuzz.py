@@ -14,6 +14,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 from bench.service import ServeBenchConfig, start
 from personal_rm.config import parse_config
@@ -105,7 +106,8 @@ def run(config: FuzzBenchConfig) -> dict:
         def attack(case: tuple[str, str]) -> None:
             path, body = case
             if path == "GET":
-                response = client.get("/v1/users/" + httpx.URL(body or "x").path.lstrip("/"))
+                segment = quote((body or "x").encode("utf-8", "surrogatepass"), safe="")
+                response = client.get("/v1/users/" + segment)
             else:
                 response = client.post(
                     path,

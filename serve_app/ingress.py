@@ -10,12 +10,14 @@ re-adapted (weights, rubric, prototype) from their very next request.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -42,6 +44,15 @@ app = FastAPI(
     description="Personalized reward scoring: which response would *this* user prefer, and why.",
     version="0.1.0",
 )
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """422 naming each bad field, without echoing the input back: FastAPI's default reflects
+    it, and a lone surrogate or an Infinity in it cannot be encoded (a 500 for a 4xx)."""
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    body = json.dumps({"detail": errors}, ensure_ascii=True, default=str)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 @app.middleware("http")

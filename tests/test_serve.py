@@ -133,6 +133,12 @@ def test_malformed_bodies_and_paths_are_4xx(client):
     assert client.get("/v1/users/bad%20id").status_code == 422
     feedback = {"user_id": "u", "prompt": "p", "chosen": "same", "rejected": "same"}
     assert client.post("/v1/feedback", json=feedback).status_code == 422
+    # Found by bench/serve_fuzz.py: input that cannot be echoed back once made these 500s.
+    lone_surrogate = b'{"user_id": "u", "prompt": {"\\udc00": 1}, "chosen": "a", "rejected": "b"}'
+    infinite = b'{"user_id": "u", "prompt": "p", "responses": ["a", "b"], "n": Infinity}'
+    for path, body in (("/v1/feedback", lone_surrogate), ("/v1/score", infinite)):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
     assert client.get("/healthz").json()["status"] == "ok"
 
 
