@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ import ray.train
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchTrainer
 
 from personal_rm.features import PairSet
@@ -48,6 +56,12 @@ class RayTrainConfig(BaseModel):
 
     num_workers: int = Field(2, description="Training workers; seen users are sharded across them.")
     use_gpu: bool = Field(False, description="One GPU per worker (on a GPU cluster).")
+    cpus_per_worker: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs reserved per worker (default: Ray Train's, 1 without GPUs); a fraction "
+        "lets several small runs, such as sweep trials, share a machine.",
+    )
     max_failures: int = Field(2, description="Worker-group restarts before the run fails.")
     storage_path: Path = Field(
         Path("results/ray"), description="Checkpoints and results; shared storage on a cluster."
@@ -144,9 +158,13 @@ def fit_distributed(
     distributed: RayTrainConfig,
     *,
     validation: PairSet | None = None,
+    callbacks: Sequence[UserCallback] = (),
 ) -> tuple[MetaRewardModel, ray.train.Result]:
     """Meta-train on Ray Train; return the best epoch's model (by validation accuracy if
-    validation users are given, else the last epoch) and the Ray Train result."""
+    validation users are given, else the last epoch) and the Ray Train result.
+
+    `callbacks` run in the Train controller after every report; inside a Ray Tune trial,
+    `TuneReportCallback` forwards each epoch's metrics to Tune (for early stopping)."""
     storage_path = str(distributed.storage_path.resolve())
     name = distributed.name
     loop = {
@@ -162,12 +180,17 @@ def fit_distributed(
         train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ScalingConfig(
-            num_workers=distributed.num_workers, use_gpu=distributed.use_gpu
+            num_workers=distributed.num_workers,
+            use_gpu=distributed.use_gpu,
+            resources_per_worker=None
+            if distributed.cpus_per_worker is None
+            else {"CPU": distributed.cpus_per_worker},
         ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
+            callbacks=list(callbacks),
             # Every epoch's checkpoint is kept (a few KB each): the metrics history is read back
             # from them, and the best one by validation accuracy is the model we return.
             checkpoint_config=CheckpointConfig(

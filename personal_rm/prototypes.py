@@ -49,9 +49,14 @@ class PrototypeConfig(BaseModel):
     seed: int = 0
 
 
+def norms(x: np.ndarray) -> np.ndarray:
+    """Row norms as a (..., 1) column, without an (n, d) temporary (1.5 GB at 1M users)."""
+    return np.maximum(np.sqrt(np.einsum("...d,...d->...", x, x)), 1e-12)[..., None]
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x / norms(x)
 
 
 def preference_vectors(pairs: PairSet) -> dict[str, np.ndarray]:
@@ -94,7 +99,9 @@ class PrototypeIndex:
         labels = self.assign_many(vectors)
         order = np.argsort(labels, kind="stable")
         self.users = np.asarray(users, dtype=object)[order]
-        self.vectors, self.labels = unit(vectors)[order], labels[order]
+        self.vectors = np.asarray(vectors, dtype=np.float32)[order]
+        self.vectors /= norms(self.vectors)  # in place: one copy of the members' vectors
+        self.labels = labels[order]
         self.offsets = np.searchsorted(self.labels, np.arange(len(self.centroids) + 1))
         self.histories = histories
         self._history_rows = histories.rows_by_user() if histories is not None else {}
@@ -102,14 +109,14 @@ class PrototypeIndex:
     @classmethod
     def fit(
         cls,
-        vectors: Mapping[str, np.ndarray],
+        users: Sequence[str],
+        vectors: np.ndarray,
         config: PrototypeConfig,
         histories: PairSet | None = None,
     ) -> PrototypeIndex:
-        """K-means on the members' unit vectors; `histories` (the members' comparisons) are kept
-        for the prototype level and are needed by the refinement."""
-        users = sorted(vectors)
-        x = unit(np.stack([vectors[u] for u in users]))
+        """K-means on the members' (n, d) vectors (normalised here); `histories` (the members'
+        comparisons) are kept for the prototype level and are needed by the refinement."""
+        x = unit(vectors)
         k = min(config.k, len(users))
         if len(users) > config.minibatch_above:
             km = MiniBatchKMeans(k, batch_size=4096, n_init=1, random_state=config.seed)
@@ -126,7 +133,8 @@ class PrototypeIndex:
         return len(self.centroids)
 
     def assign_many(self, vectors: np.ndarray) -> np.ndarray:
-        return np.argmax(unit(vectors) @ self.centroids.T, axis=-1)
+        """Nearest centroid by cosine (a vector's own norm cannot change its argmax)."""
+        return np.argmax(np.asarray(vectors, dtype=np.float32) @ self.centroids.T, axis=-1)
 
     def assign(self, vector: np.ndarray) -> int:
         """Prototype of a user vector, or of one request's chain-text vector."""
@@ -139,7 +147,7 @@ class PrototypeIndex:
         """The m members of the vector's prototype closest by cosine (never `exclude`)."""
         p = self.assign(vector)
         lo, hi = self.offsets[p], self.offsets[p + 1]
-        sims = self.vectors[lo:hi] @ unit(vector)
+        sims = self.vectors[lo:hi] @ np.asarray(vector, dtype=np.float32)
         best = [self.users[lo + i] for i in np.argsort(-sims, kind="stable")[: m + 1]]
         return [u for u in best if u != exclude][:m]
 
@@ -153,11 +161,12 @@ class PrototypeIndex:
 def refine(index: PrototypeIndex, config: PrototypeConfig) -> np.ndarray:
     """One epoch of the released code's prototype update, on feature differences.
 
-    For a member, the first half of their comparisons is the history: events
-    o_i = tanh(W_h d_i) on its differences d_i, pooled by attention s = sum_i softmax(o_i . a /
-    sqrt(d)) o_i with the prototype a as query. z = a + W_s s must rank the member's other
-    half: BT loss on z . d. Prototypes are renormalised after each step. Returns the refined
-    (K, d) centroids; the centroid space must be the feature space (true for MiniLM vectors).
+    A member's comparisons are split in half: the first half is their history, each row of the
+    second half a training sample. History events o_i = tanh(W_h d_i) are pooled by attention
+    with the prototype a as query, s = sum_i softmax(o_i . a / sqrt(d)) o_i, and z = a + W_s s
+    must rank the sample's pair: BT loss on z . d. Batches of 32 samples of one prototype;
+    the prototype is renormalised after each step. Returns the refined unit (K, d) centroids;
+    the centroid space must be the feature space (true for MiniLM vectors).
     """
     assert index.histories is not None
     torch.manual_seed(config.seed)
@@ -172,24 +181,24 @@ def refine(index: PrototypeIndex, config: PrototypeConfig) -> np.ndarray:
     rows = index._history_rows
     rng = np.random.default_rng(config.seed)
     for p in range(len(index)):
-        members = [u for u in rng.permutation(index.members(p)) if len(rows.get(u, ())) >= 2]
-        for start in range(0, len(members), 32):  # the released code's batch size
-            batch = [rows[u] for u in members[start : start + 32]]
-            half = [len(r) // 2 for r in batch]
-            hist = _pad([diff[r[:h]] for r, h in zip(batch, half, strict=True)])
-            target = _pad([diff[r[h:]] for r, h in zip(batch, half, strict=True)])
+        members = [rows[u] for u in index.members(p) if len(rows.get(u, ())) >= 2]
+        samples = [(r[: len(r) // 2], t) for r in members for t in r[len(r) // 2 :]]
+        order = rng.permutation(len(samples))
+        for start in range(0, len(samples), 32):  # the released code's batch size
+            batch = [samples[i] for i in order[start : start + 32]]
+            hist = _pad([diff[h] for h, _ in batch])
+            target = diff[[t for _, t in batch]]
             events = torch.tanh(w_hist(hist.values))
             logits = (events @ protos[p]) / dim**0.5
             attention = torch.softmax(logits.masked_fill(~hist.mask, -torch.inf), dim=1)
             z = protos[p] + w_sum((attention[..., None] * events).sum(1))
-            margin = (target.values * z[:, None]).sum(-1)
-            loss = (F.softplus(-margin) * target.mask).sum() / target.mask.sum()
+            loss = F.softplus(-(target * z).sum(-1)).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 protos[p] = F.normalize(protos[p], dim=0)
-    return protos.detach().numpy()
+    return F.normalize(protos.detach(), dim=1).numpy()
 
 
 class _Padded(NamedTuple):

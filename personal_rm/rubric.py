@@ -101,6 +101,20 @@ LIBRARY: tuple[LibraryCriterion, ...] = tuple(
 OTHER = "other criteria"  # the chain line that folds the criteria outside the top ones
 
 
+class RubricTrainingConfig(MRMConfig):
+    """MRM's config with the defaults a ~40-criterion mixture needs (num_bases is set to the
+    library size by the judge)."""
+
+    inner_lr: float = Field(
+        10.0,
+        gt=0,
+        description="SGD on the criterion logits: with ~40 bases the softmax gradient per logit "
+        "is far smaller than with MRM's 2; 10 was best of 3/10/30/100 on jester's validation "
+        "users (3 and 10 tie on llmfao's).",
+    )
+    epochs: int = Field(60, ge=1, description="Passes over seen users; cosine-decayed lr.")
+
+
 class RubricConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,11 +131,8 @@ class RubricConfig(BaseModel):
         description="Named criteria shown in a chain, by weight; the rest become one "
         "'other criteria' line whose score is their weighted mean, so totals stay exact.",
     )
-    training: MRMConfig = Field(
-        MRMConfig(inner_lr=30.0, epochs=60),
-        description="MRM meta-training of the heads and w0 (num_bases is set to the library "
-        "size). With ~40 bases the softmax gradient per logit is ~20x smaller than with 2, "
-        "hence the larger inner lr.",
+    training: RubricTrainingConfig = Field(
+        RubricTrainingConfig(), description="MRM meta-training of the heads and w0."
     )
 
 
@@ -160,7 +171,8 @@ class RubricJudge:
             LibraryCriterion(f"base reward {i + 1}", "core_values", f"MRM base reward {i + 1}.")
             for i in range(model.net.num_bases)
         ]
-        judge = cls(RubricConfig(training=model.config), criteria=criteria, name=model.name)
+        config = RubricConfig(training=RubricTrainingConfig(**model.config.model_dump()))
+        judge = cls(config, criteria=criteria, name=model.name)
         judge.net = model.net
         return judge
 
@@ -234,45 +246,35 @@ class RubricJudge:
         (seed, the history's user id), so a neighbour's draw is the same whenever it is made:
         servers can cache it. An empty history gives w0 n times.
         """
-        pseudo: list[str] = []
-        parts: list[PairSet] = []
+        parts: list[PairSet] = []  # one pseudo-user "i:j" per draw j of history i
         for i, history in enumerate(histories):
-            key = _user_key(history)
-            rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-            draws = rng.integers(0, len(history), (n, len(history))) if len(history) else None
-            for j in range(n):
-                user = f"{i}:{j}"
-                pseudo.append(user)
-                if draws is not None:
-                    rows = history.take(draws[j])
-                    ids = np.full(len(rows), user, dtype=object)
-                    parts.append(PairSet(ids, rows.chosen, rows.rejected))
-        out: dict[str, np.ndarray] = {}
-        chunk: list[PairSet] = []
-        size = 0
-        for part in [*parts, None]:
-            if part is None or (chunk and size + len(part) > max_rows):
-                merged = PairSet.concat(chunk) if chunk else PairSet.empty(self.net.dim)
-                out.update(self.rubrics(merged, merged.users()))
-                chunk, size = [], 0
-            if part is not None:
-                chunk.append(part)
-                size += len(part)
-        prior = self.rubrics(PairSet.empty(self.net.dim), ["prior"])["prior"]
+            if not len(history):
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(_user_key(history).encode())])
+            for j, rows in enumerate(rng.integers(0, len(history), (n, len(history)))):
+                ids = np.full(len(rows), f"{i}:{j}", dtype=object)
+                parts.append(PairSet(ids, history.chosen[rows], history.rejected[rows]))
+        weights = self.rubrics(PairSet.empty(self.net.dim), ["prior"])
+        step = max(1, max_rows // max([len(h) for h in histories] + [1]))
+        for start in range(0, len(parts), step):
+            merged = PairSet.concat(parts[start : start + step])
+            weights.update(self.rubrics(merged, merged.users()))
         return [
-            np.stack([out.get(f"{i}:{j}", prior) for j in range(n)]) for i in range(len(histories))
+            np.stack([weights.get(f"{i}:{j}", weights["prior"]) for j in range(n)])
+            for i in range(len(histories))
         ]
 
     # -- chains --------------------------------------------------------------------------------
 
     def criterion_scores(self, responses: np.ndarray) -> np.ndarray:
-        """(R, K) scores in [1, 10]: each head's outputs centred over the request's responses and
-        divided by the largest deviation, one affine map for all criteria, so sum_j w_j score_j
-        orders the responses exactly as the reward does, for every w."""
+        """(..., R, K) scores in [1, 10] of each request's (..., R, d) responses: each head's
+        outputs centred over the request's responses and divided by the request's largest
+        deviation, one affine map for all criteria, so sum_j w_j score_j orders the responses
+        exactly as the reward does, for every w."""
         raw = np.asarray(responses, dtype=np.float64) @ self.heads.T
-        centred = raw - raw.mean(0)
-        spread = np.abs(centred).max()
-        scaled = centred / spread if spread > 0 else centred
+        centred = raw - raw.mean(-2, keepdims=True)
+        spread = np.abs(centred).max(axis=(-2, -1), keepdims=True)
+        scaled = np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
         return np.clip(5.5 + 4.5 * scaled, 1.0, 10.0)
 
     def chain(self, weights: np.ndarray, responses: np.ndarray) -> EvaluationChain:
@@ -299,11 +301,9 @@ class RubricJudge:
                 line[OTHER] = float(np.clip(mean, 1.0, 10.0))
         lead = scores[verdict] - scores.mean(0)  # how much each criterion favours the verdict
         decisive = [self.criteria[j].name for j in np.argsort(-weights * lead)[:3]]
-        persona = self.persona(weights)
         return EvaluationChain(
-            analysis=f"{persona.style} {persona.content_and_structure} {persona.core_values} "
-            f"Response {verdict} wins mostly on: {', '.join(decisive)}.",
-            persona=persona,
+            analysis=f"Response {verdict} wins mostly on: {', '.join(decisive)}.",
+            persona=self.persona(weights),
             rubric=rubric,
             scores=[
                 ResponseScore(response=r, scores=line, stated_total=float(finals[r]))

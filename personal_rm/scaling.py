@@ -172,13 +172,26 @@ class ScaledRewardModel:
 
     def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
         self.judge.fit(train, validation)
-        self.index = PrototypeIndex.fit(self.user_vectors(train), self.prototypes, train)
+        self.build_index(train)
+
+    def build_index(
+        self, members: PairSet, vectors: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Prototypes over the users of `members` (a fitted judge's seen users), and one
+        cached rubric draw per member: the chain that member contributes as a neighbour."""
+        vectors = self.user_vectors(members) if vectors is None else vectors
+        users = sorted(vectors)
+        matrix = np.stack([vectors[u] for u in users])
+        self.index = PrototypeIndex.fit(users, matrix, self.prototypes, members)
         users = list(self.index.users)
-        draws = self.judge.sample_rubrics([train.for_user(u) for u in users], 1, self.scaling.seed)
+        histories = [self.index.history(u) for u in users]
+        draws = self.judge.sample_rubrics(histories, 1, self.scaling.seed)
         self.member_rubrics = {u: d[0] for u, d in zip(users, draws, strict=True)}
 
     def user_vectors(self, pairs: PairSet) -> dict[str, np.ndarray]:
         """A vector for every user with at least one comparison in `pairs`."""
+        if not len(pairs):
+            return {}
         if self.prototypes.representation == "preference":
             return preference_vectors(pairs)
         if self.encoder is None:
@@ -197,7 +210,7 @@ class ScaledRewardModel:
         mean(neighbours' draws). Mean aggregation of rubric chains is exactly this."""
         if self.scaling.aggregate != "mean":
             raise ValueError("a vote is per request: use `score`, or the bench's array path")
-        by_user = support.rows_by_user()
+        by_user = support.rows_by_user() if len(support) else {}
         histories = [support.take(by_user.get(u, np.array([], np.int64))) for u in users]
         draws = self.judge.sample_rubrics(histories, self.scaling.n, self.scaling.seed)
         vectors = self.user_vectors(support)

@@ -15,6 +15,7 @@ JOBS = [
     "jobs.build_chains",
     "jobs.train_genrm",
     "jobs.score_genrm",
+    "jobs.sweep",
 ]
 
 

@@ -1,0 +1,176 @@
+"""The rubric judge on synthetic users whose rewards are mixtures of *named* directions.
+
+The criteria's "embeddings" are the true base rewards (plus distractors), so names have a
+ground truth: a user who mostly weighs base 2 should see base 2's criterion on top of their
+rubric, and a chain's verdict must be exactly what the user's reward says.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from personal_rm.features import PairSet
+from personal_rm.mrm import MetaRewardModel, MRMConfig, split_support
+from personal_rm.reward import LinearReward, margins
+from personal_rm.rubric import (
+    OTHER,
+    LibraryCriterion,
+    RubricConfig,
+    RubricJudge,
+    RubricTrainingConfig,
+)
+from personal_rm.synthetic import mixture_users
+
+DIM, BASES = 16, 4
+CRITERIA = [
+    LibraryCriterion(f"criterion {i}", aspect, f"Description {i}.")
+    for i, aspect in enumerate(["style", "style", "content_and_structure", "core_values"] * 2)
+]  # the first BASES are the true bases, the rest distractors
+FAST = RubricTrainingConfig(epochs=25, outer_lr=3e-2, inner_lr=10.0)
+
+
+class LookupEncoder:
+    """Maps known texts to given vectors, anything else to a seeded random unit vector."""
+
+    model_id, dim = "lookup", DIM
+
+    def __init__(self, known: dict[str, np.ndarray]) -> None:
+        self.known = known
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        def vector(text: str) -> np.ndarray:
+            if text in self.known:
+                return self.known[text]
+            v = np.random.default_rng(zlib.crc32(text.encode())).normal(size=DIM)
+            return v / np.linalg.norm(v)
+
+        return np.stack([vector(t) for t in texts]).astype(np.float32)
+
+
+def text(c: LibraryCriterion) -> str:
+    return f"{c.name}: {c.description}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    data = mixture_users(240, 48, dim=DIM, n_bases=BASES, concentration=0.2, seed=0)
+    encoder = LookupEncoder({text(c): data.bases[i] for i, c in enumerate(CRITERIA[:BASES])})
+    users = data.user_names
+    seen, unseen = users[:160], users[160:]
+    pairs = data.pairs
+    return {
+        "data": data,
+        "encoder": encoder,
+        "train": pairs.take(np.flatnonzero(np.isin(pairs.user_ids, seen))),
+        "test": pairs.take(np.flatnonzero(np.isin(pairs.user_ids, unseen))),
+    }
+
+
+@pytest.fixture(scope="module")
+def judge(world: dict) -> RubricJudge:
+    judge = RubricJudge(RubricConfig(training=FAST), world["encoder"], CRITERIA)
+    judge.fit(world["train"])
+    return judge
+
+
+def accuracy(rewards, query: PairSet) -> float:
+    m = margins(rewards, query)
+    return float(np.mean([np.mean(m[rows] > 0) for rows in query.rows_by_user().values()]))
+
+
+def test_rubrics_predict_unseen_users_and_name_their_true_criterion(judge, world) -> None:
+    support, query = split_support(world["test"], 16, seed=1)
+    users = query.users()
+    data, index = world["data"], {u: i for i, u in enumerate(world["data"].user_names)}
+    oracle = accuracy({u: LinearReward(data.theta(index[u])) for u in users}, query)  # ~0.79
+    fitted = accuracy(judge.personalize(support, users), query)
+    cold = accuracy(judge.personalize(PairSet.empty(DIM), users), query)
+    assert fitted > oracle - 0.05 and fitted > cold + 0.08, (oracle, fitted, cold)
+    # Names mean something: the heaviest criterion is the user's true dominant base.
+    rubrics = judge.rubrics(support, users)
+    dominant = [u for u in users if data.weights[index[u]].max() > 0.7]
+    hits = [np.argmax(rubrics[u]) == np.argmax(data.weights[index[u]]) for u in dominant]
+    assert len(dominant) > 30 and np.mean(hits) > 0.85, (len(dominant), np.mean(hits))
+
+
+def test_chain_is_an_exact_rendering_of_the_reward(judge, world) -> None:
+    support, _ = split_support(world["test"], 8, seed=2)
+    users = support.users()[:20]
+    rubrics, rewards = judge.rubrics(support, users), judge.personalize(support, users)
+    rng = np.random.default_rng(3)
+    for user in users:
+        responses = rng.normal(size=(3, DIM)).astype(np.float32) / np.sqrt(DIM)
+        chain = judge.chain(rubrics[user], responses)
+        finals, reward = np.array(chain.final_scores()), rewards[user].score(responses)
+        assert chain.verdict == int(np.argmax(reward)) and chain.verdict_follows_scores()
+        assert not chain.totals_disagree()
+        # Final scores are one increasing affine map of the user's reward.
+        slope = np.polyfit(reward, finals, 1)[0]
+        np.testing.assert_allclose(finals, np.polyval(np.polyfit(reward, finals, 1), reward))
+        assert slope > 0
+        # The top criteria are named; the rest are folded into one exact line.
+        assert len(chain.rubric) == judge.config.rubric_size + 1 and chain.rubric[-1].name == OTHER
+        assert all(1 <= s <= 10 for line in chain.scores for s in line.scores.values())
+        assert chain.persona.style and chain.analysis.endswith(".")
+    # A batch of requests is scored request by request.
+    batch = rng.normal(size=(4, 2, DIM)).astype(np.float32)
+    each = np.stack([judge.criterion_scores(request) for request in batch])
+    np.testing.assert_allclose(judge.criterion_scores(batch), each)
+
+
+def test_posterior_draws_are_seeded_nested_and_concentrate(judge, world) -> None:
+    test = world["test"]
+    user = test.users()[0]
+    history = test.for_user(user)
+    a, b = judge.sample_rubrics([history], 8, seed=5)[0], judge.sample_rubrics([history], 4, 5)[0]
+    np.testing.assert_allclose(a[:4], b)  # N draws are the first N of any larger N
+    np.testing.assert_allclose(a.sum(1), 1.0)
+    assert not np.allclose(a, judge.sample_rubrics([history], 8, seed=6)[0])
+    spread = {
+        k: np.mean([judge.sample_rubrics([test.for_user(u).take(range(k))], 16, 0)[0].std(0).sum()
+                    for u in test.users()[:15]])
+        for k in (4, 40)
+    }  # fmt: skip
+    assert spread[40] < 0.7 * spread[4], spread
+    prior = judge.sample_rubrics([PairSet.empty(DIM)], 3, seed=0)[0]
+    assert np.ptp(prior, axis=0).max() == 0  # no history: the prior n times
+
+
+def test_sample_chains_batches_histories(judge, world) -> None:
+    test = world["test"]
+    histories = [test.for_user(u) for u in test.users()[:3]]
+    request = np.random.default_rng(7).normal(size=(2, DIM)).astype(np.float32)
+    chains = judge.sample_chains(histories, request, n=4, seed=0)
+    assert [len(c) for c in chains] == [4, 4, 4]
+    draws = judge.sample_rubrics(histories, 4, seed=0)
+    for own, weights in zip(chains, draws, strict=True):
+        for chain, w in zip(own, weights, strict=True):
+            assert chain.final_scores() == pytest.approx(list(judge.criterion_scores(request) @ w))
+
+
+def test_mrm_as_a_judge_writes_chains_that_agree_with_it(world) -> None:
+    mrm = MetaRewardModel(MRMConfig(num_bases=BASES, epochs=5, outer_lr=3e-2))
+    mrm.fit(world["train"])
+    judge = RubricJudge.from_mrm(mrm)
+    support, query = split_support(world["test"], 8, seed=4)
+    user = query.users()[0]
+    reward = mrm.personalize(support, [user])[user]
+    (weights,) = judge.rubrics(support, [user]).values()
+    rows = query.for_user(user)
+    for chosen, rejected in zip(rows.chosen, rows.rejected, strict=True):
+        chain = judge.chain(weights, np.stack([chosen, rejected]))
+        assert chain.verdict == int(reward.score(rejected[None])[0] > reward.score(chosen[None])[0])
+        assert chain.rubric[0].name.startswith("base reward")
