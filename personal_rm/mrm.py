@@ -536,6 +536,36 @@ def split_support(pairs: PairSet, k: int, seed: int) -> tuple[PairSet, PairSet]:
     return pairs.take(np.concatenate(sup)), pairs.take(np.concatenate(qry))
 
 
+def meta_train_selected(
+    net: MRMNet, train: PairSet, config: MRMConfig, validation: PairSet | None
+) -> list[dict[str, float]]:
+    """`meta_train` on `train`'s users, keeping the epoch whose validation users (adapted on
+    `config.val_support` of their rows, scored on the rest; never test users) are most
+    accurate. Leaves `net` in eval mode; returns the per-epoch log."""
+    val_split = None
+    if validation is not None and len(validation):
+        val_split = split_support(validation, config.val_support, config.seed)
+    best: tuple[float, dict[str, Tensor]] | None = None
+    log: list[dict[str, float]] = []
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        nonlocal best
+        if val_split is not None:
+            net.eval()
+            acc = float(np.mean(list(user_accuracy(net, *val_split, config).values())))
+            net.train()
+            metrics = {**metrics, "val_acc": acc}
+            if best is None or acc > best[0]:
+                best = (acc, copy.deepcopy(net.state_dict()))
+        log.append({"epoch": epoch, **metrics})
+
+    meta_train(net, tasks_from_pairs(train), config, on_epoch=on_epoch)
+    if best is not None:
+        net.load_state_dict(best[1])
+    net.eval()
+    return log
+
+
 # ---------------------------------------------------------------------------------------------
 # The RewardModel
 
@@ -562,29 +592,9 @@ class MetaRewardModel:
         on `config.val_support` of their rows and scores the rest; the epoch with the best
         user-averaged accuracy is kept.
         """
-        cfg = self.config
-        net = build_net(train, cfg)
-        val_split = None
-        if validation is not None and len(validation):
-            val_split = split_support(validation, cfg.val_support, cfg.seed)
-        best: tuple[float, dict[str, Tensor]] | None = None
-        self.history = []
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            nonlocal best
-            if val_split is not None:
-                net.eval()
-                acc = float(np.mean(list(user_accuracy(net, *val_split, cfg).values())))
-                net.train()
-                metrics = {**metrics, "val_acc": acc}
-                if best is None or acc > best[0]:
-                    best = (acc, copy.deepcopy(net.state_dict()))
-            self.history.append({"epoch": epoch, **metrics})
-
-        meta_train(net, tasks_from_pairs(train), cfg, on_epoch=on_epoch)
-        if best is not None:
-            net.load_state_dict(best[1])
-        self.net = net.eval()
+        net = build_net(train, self.config)
+        self.history = meta_train_selected(net, train, self.config, validation)
+        self.net = net
 
     def adapt_users(self, support: PairSet, users: Sequence[str]) -> dict[str, UserWeights]:
         if self.net is None:

@@ -19,7 +19,6 @@ schemes = N bootstrap replicates of the history, adapted in one batched inner lo
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -37,10 +36,7 @@ from personal_rm.mrm import (
     MRMNet,
     adapt_many,
     build_net,
-    meta_train,
-    split_support,
-    tasks_from_pairs,
-    user_accuracy,
+    meta_train_selected,
 )
 from personal_rm.reward import LinearReward
 
@@ -193,27 +189,8 @@ class RubricJudge:
         with torch.no_grad():
             step = self.config.text_step * net.weight.norm(dim=1, keepdim=True)
             net.weight += step * torch.as_tensor(self.text_directions(), dtype=net.weight.dtype)
-        val_split = None
-        if validation is not None and len(validation):
-            val_split = split_support(validation, cfg.val_support, cfg.seed)
-        best: tuple[float, dict[str, torch.Tensor]] | None = None
-        self.epochs_log = []
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            nonlocal best
-            if val_split is not None:
-                net.eval()
-                acc = float(np.mean(list(user_accuracy(net, *val_split, cfg).values())))
-                net.train()
-                metrics = {**metrics, "val_acc": acc}
-                if best is None or acc > best[0]:
-                    best = (acc, copy.deepcopy(net.state_dict()))
-            self.epochs_log.append({"epoch": epoch, **metrics})
-
-        meta_train(net, tasks_from_pairs(train), cfg, on_epoch=on_epoch)
-        if best is not None:
-            net.load_state_dict(best[1])
-        self.net = net.eval()
+        self.epochs_log = meta_train_selected(net, train, cfg, validation)
+        self.net = net
 
     # -- rubrics -------------------------------------------------------------------------------
 

@@ -9,6 +9,18 @@ def minilm() -> MiniLMEncoder:
     return MiniLMEncoder()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a shared 2-core box they only wait on each
+    other (one MRM fit took 2 s or 88 s at random with torch's default two threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray for the whole test session (start-up dominates small jobs); a new

@@ -36,16 +36,9 @@ from personal_rm.mrm import (
 )
 from personal_rm.reward import LinearReward, margins
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DIM, BASES = 24, 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads; on a shared box they only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def synthetic_users(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import adjusted_rand_score
 
 from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
@@ -19,20 +18,14 @@ from personal_rm.prototypes import (
 )
 from personal_rm.synthetic import mixture_users
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TASTES = 4
 
 
 def matrix(vectors: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     users = sorted(vectors)
     return users, np.stack([vectors[u] for u in users])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

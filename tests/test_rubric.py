@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import torch
 
 from personal_rm.features import PairSet
 from personal_rm.mrm import MetaRewardModel, MRMConfig, split_support
@@ -25,6 +24,8 @@ from personal_rm.rubric import (
     RubricTrainingConfig,
 )
 from personal_rm.synthetic import mixture_users
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM, BASES = 16, 4
 CRITERIA = [
@@ -54,14 +55,6 @@ class LookupEncoder:
 
 def text(c: LibraryCriterion) -> str:
     return f"{c.name}: {c.description}"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-import torch
 
 from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
 from personal_rm.features import PairSet
@@ -18,6 +17,8 @@ from personal_rm.reward import margins
 from personal_rm.rubric import LibraryCriterion, RubricConfig, RubricJudge, RubricTrainingConfig
 from personal_rm.scaling import ScaledRewardModel, ScalingConfig, dual_granularity, scale
 from personal_rm.synthetic import mixture_users
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM, TASTES = 16, 4
 
@@ -80,14 +81,6 @@ class HashEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         rngs = [np.random.default_rng(zlib.crc32(t.encode())) for t in texts]
         return np.stack([r.normal(size=DIM) for r in rngs]).astype(np.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
