@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from personal_rm.data.splits import rows_by_user
+
 
 @dataclass(frozen=True)
 class PairSet:
@@ -50,10 +52,7 @@ class PairSet:
 
     def rows_by_user(self) -> dict[str, np.ndarray]:
         """Row indices of each user, in row order."""
-        order = np.argsort(self.user_ids, kind="stable")
-        ids, starts = np.unique(self.user_ids[order], return_index=True)
-        groups = np.split(order, starts[1:])
-        return {str(user): rows for user, rows in zip(ids, groups, strict=True)}
+        return rows_by_user(self.user_ids)
 
     def for_user(self, user_id: str) -> PairSet:
         return self.take(np.flatnonzero(self.user_ids == user_id))

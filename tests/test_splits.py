@@ -54,3 +54,12 @@ def test_parse_k():
     assert parse_k("0, 4,all") == [0, 4, "all"]
     with pytest.raises(ValueError, match="non-negative integer or 'all'"):
         parse_k("4,-1")
+
+
+def test_a_k_with_no_eligible_user_is_an_empty_row_not_a_crash():
+    from personal_rm.features import PairSet
+
+    ids = users_column([3, 3])
+    support, users = k_shot(ids, np.arange(len(ids)), ["u0", "u1"], 8)
+    assert users == [] and len(support) == 0
+    assert PairSet.empty(4).rows_by_user() == {}

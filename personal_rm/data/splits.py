@@ -43,6 +43,9 @@ def user_rng(seed: int, user: str) -> np.random.Generator:
 
 
 def rows_by_user(user_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Row indices of each user, in row order."""
+    if len(user_ids) == 0:
+        return {}
     order = np.argsort(user_ids, kind="stable")
     ids, starts = np.unique(user_ids[order], return_index=True)
     return {str(u): rows for u, rows in zip(ids, np.split(order, starts[1:]), strict=True)}
