@@ -2,7 +2,8 @@
 
     python -m bench.scaling_real --data llmfao --cache_dir /tmp/embcache
     python -m bench.scaling_real --data jester --max_users 1500
-    python -m bench.scaling_real --data /work/shared/data/global_dialogues/pairs_pairwise.jsonl.gz
+    python -m bench.scaling_real --name global_dialogues \
+        --data /work/shared/data/global_dialogues/pairs_pairwise.jsonl.gz
 
 One rubric judge is fitted on the seen users of the harness's seeded split (the same split as
 `jobs.evaluate`); every variant is then scored from the same posterior draws through the chain
@@ -51,6 +52,7 @@ class ScalingBenchConfig(DataConfig):
     n_check: int = Field(60, description="Verdicts re-computed through real chains per group.")
     n_boot: int = Field(1000, description="Bootstrap resamples of users.")
     out_dir: Path = Field(Path("bench/results"), description="Where scaling_<name>.* go.")
+    name: str | None = Field(None, description="<name> of the results (default: the data's).")
     split: SplitConfig = SplitConfig()
     rubric: RubricConfig = RubricConfig()
 
@@ -276,7 +278,7 @@ def run(config: ScalingBenchConfig) -> dict:
             + [
                 Variant(config.n_select, m, a, h, "mean", (rep, kk, refine))
                 for m in config.m_grid
-                for a, h in [(0.5, 8.0), ("adaptive", best.half)]
+                for a, h in [(0.0, 8.0), (0.5, 8.0), ("adaptive", best.half)]
             ],
         ),
         table(
@@ -327,7 +329,7 @@ def run(config: ScalingBenchConfig) -> dict:
     sections.append("\n".join(diff_lines))
 
     # -- the plot: accuracy vs total samples -------------------------------------------------
-    name = Path(config.data).name.split(".")[0]
+    name = config.name or Path(config.data).name.split(".")[0]
     plot_path = config.out_dir / f"scaling_{name}.png"
     duals = [tuple(int(x) for x in p.split("+")) for p in config.dual_points]
     curves = {
@@ -409,8 +411,10 @@ def run(config: ScalingBenchConfig) -> dict:
     }
     text = (
         f"## {config.data}: dual-granularity scaling, rubric judge (user-level acc., 95% CI)\n\n"
-        f"Chosen on validation users: **{best.label()}** (validation mean {val_score[best]:.4f} vs "
-        f"{individual_val:.4f} with M=0).\n\n" + "\n\n".join(sections) + "\n\n"
+        f"Best prototype level on validation users: **{best.label()}** (validation mean "
+        f"{val_score[best]:.4f}, vs {individual_val:.4f} with M=0: validation says "
+        f"{'turn it on' if val_score[best] > individual_val else 'leave it off'}). "
+        "a=0.0 rows score with the neighbours' rubrics only.\n\n" + "\n\n".join(sections) + "\n\n"
         f"Chain path check: {check}\n\nTiming: {json.dumps(timing)}\n\nPlot: {plot_path}\n"
     )
     (config.out_dir / f"scaling_{name}.json").write_text(json.dumps(report, indent=2, default=str))

@@ -147,44 +147,52 @@ def trials_table(trials: Sequence[dict[str, Any]], space: SearchSpace) -> str:
     return "\n".join(lines)
 
 
-def plot_slices(lines: dict[str, list[dict]], best: float, out: Path, title: str) -> None:
-    """sweep_k.png and sweep_budget.png: validation accuracy along each slice, with the best
-    trial's objective as a reference line."""
+def plot_slices(
+    lines: dict[str, list[dict]], state: StateConfig, best: float, out: Path, name: str
+) -> None:
+    """sweep_k.png and sweep_budget.png: validation accuracy along each slice; a star marks
+    the best trial (`state`, scoring `best`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def panel(points, x, line: str, label, x_label: str, path: Path) -> None:
+    def panel(points, x, line: str, label, star: float, x_label: str, path: Path) -> None:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for value in dict.fromkeys(p[line] for p in points):
             mine = [p for p in points if p[line] == value]
             ax.plot(
-                [x(p) for p in mine],
-                [p["val_acc_tts"] for p in mine],
-                marker="o",
-                label=label(value),
+                [x(p) for p in mine], [p["val_acc_tts"] for p in mine], "o-", label=label(value)
             )
-        ax.axhline(best, color="grey", lw=0.8, ls=":", label="best trial")
+        ax.plot([star], [best], "k*", markersize=12, label="best trial")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(x_label)
         ax.set_ylabel("validation users' accuracy (mean over k)")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{name}: one knob at a time through the best trial", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
 
+    scaling = state.scaling
+    n_and_m = f"N + M = {scaling.n + scaling.m}"
     panel(
-        lines["k"], lambda p: p["k"], "m", "M = {}".format, "prototype count K", out / "sweep_k.png"
+        lines["k"],
+        lambda p: p["k"],
+        "m",
+        lambda m: f"M = {m}, {n_and_m}",
+        state.prototypes.k,
+        "prototype count K",
+        out / "sweep_k.png",
     )
     panel(
         lines["budget"],
         lambda p: p["n"] + p["m"],
         "share",
         BUDGET_LABELS.get,
-        "chain budget N+M",
+        scaling.n + scaling.m,
+        f"chain budget N + M (prototype count K = {state.prototypes.k})",
         out / "sweep_budget.png",
     )
 
@@ -288,9 +296,7 @@ def sweep(
         f"{markdown_table(test, 'user')}\n"
     )
     (out / "sweep.md").write_text(text)
-    plot_slices(
-        lines, best["val_acc_tts"], out, f"{name}: slices through the best config, validation users"
-    )
+    plot_slices(lines, state, best["val_acc_tts"], out, name)
     print(text)
     print(f"wrote {out}/sweep.md, sweep.json, sweep_k.png, sweep_budget.png, sweep_best.yaml")
     return summary

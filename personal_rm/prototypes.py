@@ -69,9 +69,8 @@ def chain_text(chain: EvaluationChain) -> str:
     """What a chain says about the user: persona, criteria by weight, then the analysis."""
     p = chain.persona
     criteria = ", ".join(c.name for c in sorted(chain.rubric, key=lambda c: -c.weight))
-    return f"{p.style} {p.content_and_structure} {p.core_values} Criteria: {criteria}. " + (
-        chain.analysis
-    )
+    persona = f"{p.style} {p.content_and_structure} {p.core_values}"
+    return f"{persona} Criteria: {criteria}. {chain.analysis}"
 
 
 def text_vectors(texts: Mapping[str, Sequence[str]], encoder: TextEncoder) -> dict[str, np.ndarray]:

@@ -167,20 +167,26 @@ def slices(
     budgets: Sequence[int],
 ) -> dict[str, list[dict[str, Any]]]:
     """Validation accuracy along two lines through `state`, with its trained MRM (no training):
-    - "k": each prototype count K, at the 1:3 and 1:1 prototype shares of the state's N+M
-      budget (with M = 0, K does not matter);
-    - "budget": each N+M budget, at each prototype share (individual only, 1:3, 1:1), which
-      compares N against M at equal cost: every chain is one judge sample."""
+    - "k": each prototype count K at the state's own N and M, and at M = half its N+M budget
+      (with M = 0, K does not matter);
+    - "budget": each N+M budget at each prototype share (individual only, 1:3, 1:1): N against
+      M at equal cost, as every chain is one judge sample."""
 
-    def point(k: int, budget: int, share: float) -> dict[str, Any]:
-        m = round(share * budget)
-        params = {"prototypes.k": k, "scaling.n": budget - m, "scaling.m": m}
+    def point(k: int, n: int, m: int) -> dict[str, Any]:
+        params = {"prototypes.k": k, "scaling.n": n, "scaling.m": m}
         model = scaled_mrm(mrm, apply_params(state, params), data.train)
         accuracy = validation_accuracy(model, data, ks, seed)["val_acc_tts"]
-        return {"k": k, "n": budget - m, "m": m, "share": share, "val_acc_tts": accuracy}
+        return {"k": k, "n": n, "m": m, "val_acc_tts": accuracy}
 
-    own_budget = max(4, state.scaling.n + state.scaling.m)  # room for both shares
+    own = state.scaling
+    budget = own.n + own.m
     return {
-        "k": [point(k, own_budget, share) for share in SHARES[1:] for k in k_values],
-        "budget": [point(state.prototypes.k, b, share) for share in SHARES for b in budgets],
+        "k": [
+            point(k, budget - m, m) for m in sorted({own.m, budget // 2} - {0}) for k in k_values
+        ],
+        "budget": [
+            {**point(state.prototypes.k, b - round(share * b), round(share * b)), "share": share}
+            for share in SHARES
+            for b in budgets
+        ],
     }

@@ -63,7 +63,7 @@ def test_search_space_from_the_command_line():
     assert apply_params(StateConfig(), {"scaling.m": np.int64(4)}).scaling.m == 4
 
 
-def test_the_objective_reads_validation_users_only_and_tells_models_apart(prepared):
+def test_the_objective_reads_validation_users_only_and_tells_models_apart(one_thread, prepared):
     split = prepared.split
     data = SweepData.from_prepared(prepared)
     assert set(data.validation.users()) == set(split.validation_users)
@@ -102,7 +102,7 @@ class InterruptOnce(tune.Callback):
 
 @pytest.mark.ray
 def test_sweep_stops_the_weak_trial_resumes_and_writes_a_servable_winner(
-    ray_session, prepared, tmp_path
+    ray_session, one_thread, prepared, tmp_path
 ):
     config = SweepConfig(
         out=tmp_path / "out",
