@@ -31,7 +31,7 @@ class Limits(BaseModel):
 
 
 LIMITS = Limits()
-Text = Annotated[str, StringConstraints(max_length=LIMITS.max_chars)]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
 ResponseText = Annotated[str, StringConstraints(max_length=LIMITS.max_chars)]
 
 
@@ -40,7 +40,7 @@ class StrictModel(BaseModel):
 
 
 class HistoryItem(StrictModel):
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
+    prompt: Prompt
     chosen: ResponseText
     rejected: ResponseText
 
@@ -50,13 +50,13 @@ class HistoryItem(StrictModel):
             raise ValueError("chosen and rejected must differ")
         return self
 
-    def comparison(self, user_id: str) -> Comparison:
-        return Comparison(user_id, self.prompt, self.chosen, self.rejected, {"source": "request"})
+    def comparison(self, user_id: str, source: str = "request") -> Comparison:
+        return Comparison(user_id, self.prompt, self.chosen, self.rejected, {"source": source})
 
 
 class ScoreRequest(StrictModel):
     user_id: UserId
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
+    prompt: Prompt
     responses: list[ResponseText] = Field(min_length=2, max_length=LIMITS.max_responses)
     history: list[HistoryItem] = Field(default_factory=list, max_length=LIMITS.max_history)
     method: Literal["mrm", "rubric", "genrm"] = "mrm"
@@ -88,22 +88,10 @@ class BatchScoreResponse(BaseModel):
     results: list[ScoreResponse]
 
 
-class FeedbackRequest(StrictModel):
+class FeedbackRequest(HistoryItem):
+    """One comparison the user made: a `HistoryItem` that names its user."""
+
     user_id: UserId
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_chars)]
-    chosen: ResponseText
-    rejected: ResponseText
-
-    @model_validator(mode="after")
-    def _different(self) -> FeedbackRequest:
-        if self.chosen == self.rejected:
-            raise ValueError("chosen and rejected must differ")
-        return self
-
-    def comparison(self) -> Comparison:
-        return Comparison(
-            self.user_id, self.prompt, self.chosen, self.rejected, {"source": "feedback"}
-        )
 
 
 class FeedbackResponse(BaseModel):

@@ -129,7 +129,7 @@ class Ingress:
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         """Stored durably (committed) before this returns; the next score uses it."""
-        row = await asyncio.to_thread(self.store.add, req.comparison())
+        row = await asyncio.to_thread(self.store.add, req.comparison(req.user_id, "feedback"))
         size = await asyncio.to_thread(self.store.count, req.user_id)
         return FeedbackResponse(id=row, user_id=req.user_id, history_size=size)
 
