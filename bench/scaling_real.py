@@ -127,7 +127,8 @@ def run(config: ScalingBenchConfig) -> dict:
     for prefix, users in (("unseen", split.unseen_users), ("val", split.validation_users)):
         for k in config.k:
             support, eligible = k_shot(ids, split.train, users, k, seed=config.seed)
-            groups.append(group(f"{prefix} k={k}", eligible, support))
+            if eligible:  # few-shot data: nobody may have k train comparisons
+                groups.append(group(f"{prefix} k={k}", eligible, support))
     val_all = split.rows_of(split.train, split.validation_users, ids)
     groups.append(group("val all", list(split.validation_users), val_all))
 
@@ -363,8 +364,9 @@ def run(config: ScalingBenchConfig) -> dict:
     check = f"{agree}/{total} verdicts through real chains match the array path"
 
     g = test_groups[0]
-    u = next(u for u, h in zip(g.users, g.histories, strict=True) if len(h) >= 16)
-    history = g.histories[g.users.index(u)].take(range(16))
+    longest = int(np.argmax([len(h) for h in g.histories]))  # a history of up to 16 rows
+    u, history = g.users[longest], g.histories[longest]
+    history = history.take(range(min(16, len(history))))
     request = np.stack([g.query.chosen[0], g.query.rejected[0]])
     one, eight = (
         ScalingConfig(n=n, m=best.m if n > 1 else 0, alpha=best.alpha, half=best.half)
@@ -393,6 +395,7 @@ def run(config: ScalingBenchConfig) -> dict:
     for what in ("sample_rubrics", "sample_chains"):
         ratio = np.divide(wall[f"{what}_n8"], wall[f"{what}_n1"])
         timing[f"{what}_n8_over_n1"] = float(np.median(ratio))
+    timing["history_rows"] = len(history)
     timing["load_average"] = os.getloadavg()[0]
 
     report = {

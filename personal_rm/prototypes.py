@@ -3,8 +3,8 @@
     python -m bench.prototypes_scale --users 1000000   # fit time, memory, assignment latency
 
 A user is one unit vector, from either
-- "chain": the mean embedding of the texts of the user's chains on their own comparisons
-  (persona, criteria, deciding reasons), one text per comparison as the released P-GenRM code
+- "chain": the mean embedding of the texts (persona and weighted criteria) of the user's
+  chains on their own comparisons, one text per comparison as the released P-GenRM code
   embeds them; a single new request's chain text lives in the same space, so a request can be
   assigned too; or
 - "preference": the mean feature difference chosen - rejected, a judge-free summary.
@@ -66,11 +66,15 @@ def preference_vectors(pairs: PairSet) -> dict[str, np.ndarray]:
 
 
 def chain_text(chain: EvaluationChain) -> str:
-    """What a chain says about the user: persona, criteria by weight, then the analysis."""
+    """What a chain says about the user: the persona, then the criteria by weight.
+
+    Not the verdict or the reasons about this request's responses: those name responses by
+    their position, which is arbitrary, and a representation that sees positions groups
+    users by the order they were shown answers in.
+    """
     p = chain.persona
     criteria = ", ".join(c.name for c in sorted(chain.rubric, key=lambda c: -c.weight))
-    persona = f"{p.style} {p.content_and_structure} {p.core_values}"
-    return f"{persona} Criteria: {criteria}. {chain.analysis}"
+    return f"{p.style} {p.content_and_structure} {p.core_values} Criteria: {criteria}."
 
 
 def text_vectors(texts: Mapping[str, Sequence[str]], encoder: TextEncoder) -> dict[str, np.ndarray]:

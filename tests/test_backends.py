@@ -11,7 +11,7 @@ import pytest
 import torch
 from genrm_fixtures import tiny_judge, toy_comparisons
 
-from personal_rm.backends import BackendConfig, SamplingConfig, build_backend
+from personal_rm.backends import BackendConfig, SamplingConfig, build_backend, chat_text
 from personal_rm.backends.openai_backend import OpenAIBackend
 from personal_rm.backends.openai_server import make_app
 from personal_rm.backends.transformers_backend import TransformersBackend
@@ -55,6 +55,28 @@ def test_transformers_backend_batches_and_samples(local, prompts):
     alone = [local.generate([p], 1, GREEDY)[0][0] for p in prompts]
     assert alone == [s[0] for s in greedy]
     assert local.generate(prompts, 2, SAMPLED) == local.generate(prompts, 2, SAMPLED)
+
+
+def test_shared_prefill_is_the_cache_generate_would_build(local, prompts):
+    """A prompt's KV cache computed once and repeated k times = the repeated prompts' cache;
+    and greedy continuations equal plain `generate`'s (two prompt lengths: left padding)."""
+    tokenizer = local.tokenizer
+    batch = tokenizer(
+        [chat_text(tokenizer, p) for p in prompts[:2]],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.inference_mode():
+        shared = local.prefill(ids, mask, 3, 4)
+        repeated = local.prefill(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 1, 4)
+    for a, b in zip(shared.layers, repeated.layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys)
+        torch.testing.assert_close(a.values, b.values)
+    plain = local.model.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
+    texts = tokenizer.batch_decode(plain[:, ids.shape[1] :], skip_special_tokens=True)
+    assert [s[0] for s in local.generate(prompts[:2], 1, GREEDY)] == texts
 
 
 @pytest.fixture(scope="module")

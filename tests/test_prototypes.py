@@ -96,7 +96,7 @@ def test_text_vectors_average_each_users_distinct_embeddings() -> None:
     np.testing.assert_allclose(out["a"], unit(np.array([1.5, 1.0, 0.0])), rtol=1e-6)
 
 
-def test_chain_text_holds_persona_criteria_by_weight_and_analysis() -> None:
+def test_chain_text_holds_persona_and_criteria_by_weight_not_positions() -> None:
     chain = EvaluationChain(
         analysis="Response 1 wins on wit.",
         persona=Persona(style="Witty.", content_and_structure="Short.", core_values="Kind."),
@@ -107,9 +107,7 @@ def test_chain_text_holds_persona_criteria_by_weight_and_analysis() -> None:
         ],
         verdict=1,
     )
-    assert (
-        chain_text(chain) == "Witty. Short. Kind. Criteria: witty, concise. Response 1 wins on wit."
-    )
+    assert chain_text(chain) == "Witty. Short. Kind. Criteria: witty, concise."
 
 
 def test_refinement_moves_prototypes_towards_their_members_reward(world) -> None:

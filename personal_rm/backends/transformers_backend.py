@@ -1,5 +1,8 @@
-"""transformers `generate`: batched, `num_return_sequences=n`, on any torch device.
+"""transformers `generate`: batched, n samples per prompt, on any torch device.
 
+The n samples of a prompt share its prefill: the prompts are run through the model once and
+their KV cache is repeated n times before decoding (`num_return_sequences` repeats the prompt
+instead, so a long judge prompt, the user's whole history, would be prefilled n times).
 Works on a live model too (`TransformersBackend(model, tokenizer)`): the RL stage samples its
 groups from the policy being trained through this same interface.
 """
@@ -10,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import StaticCache
 
 from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
 from personal_rm.chains_prompt import Message
@@ -32,6 +36,29 @@ class TransformersBackend:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model.to(device).eval(), AutoTokenizer.from_pretrained(path), batch_size)
 
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int
+    ) -> StaticCache:
+        """The KV cache of every prompt but its last token (generate runs that one), computed
+        once per prompt and repeated for its k samples, positions numbered as generate does
+        under left padding. Static: sized for the whole generation, so decoding writes in place
+        instead of re-concatenating a growing cache at every step."""
+        cache = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        for layer in cache.layers:  # a static layer has no batch_repeat_interleave of its own
+            layer.keys, layer.values = (
+                t.repeat_interleave(k, 0) for t in (layer.keys, layer.values)
+            )
+            layer.batch_size = k
+        return cache
+
     @torch.inference_mode()
     def generate(
         self, prompts: Sequence[Sequence[Message]], n: int, sampling: SamplingConfig
@@ -53,16 +80,16 @@ class TransformersBackend:
                 padding=True,
                 add_special_tokens=False,  # the chat template already wrote them
             ).to(self.model.device)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
             output = self.model.generate(
-                **batch,
+                input_ids=ids.repeat_interleave(k, 0),
+                attention_mask=mask.repeat_interleave(k, 0),
+                past_key_values=self.prefill(ids, mask, k, sampling.max_new_tokens),
                 max_new_tokens=sampling.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
-                num_return_sequences=k,
                 **options,
             )
-            decoded = tokenizer.batch_decode(
-                output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-            )
+            decoded = tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
             results += [decoded[i : i + k] * (n // k) for i in range(0, len(decoded), k)]
         return results
