@@ -9,6 +9,7 @@ typo fails loudly instead of silently running the default.
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,14 @@ from pydantic import BaseModel, ValidationError
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds: `Model`, or an optional `Model | None` (off unless
+    one of its flags is given)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for candidate in (annotation, *(typing.get_args(annotation) if union else ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _is_list(annotation: Any) -> bool:
@@ -30,8 +37,8 @@ def _is_list(annotation: Any) -> bool:
 
 def _add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
     for name, field in model.model_fields.items():
-        if _is_model(field.annotation):
-            _add_flags(parser, field.annotation, f"{prefix}{name}.")
+        if (section := _model_of(field.annotation)) is not None:
+            _add_flags(parser, section, f"{prefix}{name}.")
             continue
         default = field.default
         if _is_list(field.annotation) and default is not None:
@@ -56,7 +63,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def _field_annotation(model: type[BaseModel], dotted: str) -> Any:
     *parents, leaf = dotted.split(".")
     for parent in parents:
-        model = model.model_fields[parent].annotation
+        model = _model_of(model.model_fields[parent].annotation)
     return model.model_fields[leaf].annotation
 
 

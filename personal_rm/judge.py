@@ -7,6 +7,7 @@ parses them and maps them back to (chosen, rejected) order. A comparison's margi
 over its parsed chains of final(chosen) - final(rejected), with final scores recomputed from
 the rubric; with no parsed chain it is NaN. `judge_report` counts NaN and ties as wrong (and
 also gives ties as 0.5, and the drop-the-failures number that public code reports).
+`LLMJudge` is the same judge online: `scaling.Judge` over texts, what the server's samplers run.
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ class JudgeTask:
 
     def request(self) -> JudgeRequest:
         pair = (self.comparison.chosen, self.comparison.rejected)
-        return JudgeRequest(
-            tuple((h.prompt, h.chosen, h.rejected) for h in self.history),
-            self.comparison.prompt,
-            tuple(pair[i] for i in self.order),
-        )
+        return judge_request(self.history, self.comparison.prompt, pair, self.order)
+
+
+def judge_request(
+    history: Sequence[Comparison], prompt: str, responses: Sequence[str], order: Sequence[int]
+) -> JudgeRequest:
+    """What the judge is shown: the history as the user chose, the responses in `order`."""
+    return JudgeRequest(
+        tuple((h.prompt, h.chosen, h.rejected) for h in history),
+        prompt,
+        tuple(responses[i] for i in order),
+    )
 
 
 def make_tasks(
@@ -90,9 +98,10 @@ class Judged:
         return float(np.mean([f[0] - f[1] for f in finals])) if finals else math.nan
 
 
-def parse_for(task: JudgeTask, text: str) -> ParseResult:
-    result = parse_chain(text, len(task.order))
-    return result if isinstance(result, ParseFailure) else unshuffle(result, task.order)
+def parse_shown(text: str, order: Sequence[int]) -> ParseResult:
+    """A chain written about the responses in the shown `order`, in the request's order."""
+    result = parse_chain(text, len(order))
+    return result if isinstance(result, ParseFailure) else unshuffle(result, order)
 
 
 def judge_tasks(
@@ -106,7 +115,7 @@ def judge_tasks(
     prompts = [render_messages(t.request(), max_text_chars) for t in tasks]
     samples = backend.generate(prompts, n, sampling)
     return [
-        Judged(task, texts, [parse_for(task, text) for text in texts])
+        Judged(task, texts, [parse_shown(text, task.order) for text in texts])
         for task, texts in zip(tasks, samples, strict=True)
     ]
 
@@ -142,3 +151,53 @@ def judge_report(judged: Sequence[Judged], *, n_boot: int = 1000, seed: int = 0)
             users[parsed], margins[parsed], n_boot=n_boot, seed=seed
         ).to_dict(),
     }
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """What the LLM judge reads of a request to score: the prompt and its responses."""
+
+    prompt: str
+    responses: tuple[str, ...]
+
+
+class LLMJudge:
+    """The generative judge behind `scaling.Judge`: a history is a user's comparisons (the
+    last `history_size` are shown), the request is texts. Every history's n chains come from
+    one backend call; each history sees the responses in its own seeded shuffle."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        sampling: SamplingConfig,
+        history_size: int = 4,
+        max_text_chars: int | None = 400,
+    ) -> None:
+        self.backend, self.sampling = backend, sampling
+        self.history_size, self.max_text_chars = history_size, max_text_chars
+
+    def sample_chains(
+        self, histories: Sequence[Sequence[Comparison]], request: TextRequest, n: int, seed: int
+    ) -> list[list[EvaluationChain | None]]:
+        rng = np.random.default_rng(seed)
+        orders = [shuffle_order(len(request.responses), rng) for _ in histories]
+        prompts = [
+            render_messages(
+                judge_request(
+                    history[max(0, len(history) - self.history_size) :],
+                    request.prompt,
+                    request.responses,
+                    order,
+                ),
+                self.max_text_chars,
+            )
+            for history, order in zip(histories, orders, strict=True)
+        ]
+        samples = self.backend.generate(prompts, n, self.sampling.model_copy(update={"seed": seed}))
+        return [
+            [
+                chain if isinstance(chain := parse_shown(t, order), EvaluationChain) else None
+                for t in texts
+            ]
+            for texts, order in zip(samples, orders, strict=True)
+        ]

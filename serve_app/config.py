@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from personal_rm.backends import BackendConfig, SamplingConfig
 from personal_rm.embed import DEFAULT_CACHE
 from personal_rm.scaling import ScalingConfig
 
@@ -20,6 +22,17 @@ class Autoscaling(BaseModel):
     )
 
 
+class GenRMJudgeConfig(BaseModel):
+    """The generative judge that method `genrm` runs in the chain samplers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendConfig = Field(description="The LLM: transformers (CPU/GPU), vllm, openai.")
+    sampling: SamplingConfig = SamplingConfig()
+    history_size: int = Field(4, ge=0, description="The user's latest comparisons shown.")
+    max_text_chars: int = Field(400, ge=1, description="Each text in the prompt is cut to this.")
+
+
 class ServeAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -29,13 +42,32 @@ class ServeAppConfig(BaseModel):
     store_path: Path = Field(Path("results/feedback.sqlite3"), description="Durable feedback.")
     cache_dir: Path = Field(DEFAULT_CACHE, description="Embedding cache folder.")
     fanout: int = Field(
-        2,
+        1,
         ge=1,
         description="Sampler calls the N individual samples are split into, gathered "
-        "concurrently (one more carries the M prototype samples).",
+        "concurrently (one more carries the M prototype samples). Each part repeats the "
+        "per-call work (a feature judge's adaptation, an LLM's prefill): split only across "
+        "otherwise idle replicas, e.g. GPU replicas of an LLM judge.",
+    )
+    shard_layout: Literal["multiplexed", "grouped"] = Field(
+        "multiplexed",
+        description="multiplexed: one shard deployment whose replicas load prototypes on demand "
+        "(`@serve.multiplexed`, LRU) and requests go to a replica that has theirs; grouped: "
+        "`shard_groups` deployments, prototype p always served by deployment p % shard_groups.",
+    )
+    shard_groups: int = Field(2, ge=1, description="Shard deployments of the grouped layout.")
+    prototype_match_timeout_s: float = Field(
+        0.1,
+        ge=0,
+        description="multiplexed: how long a request for a prototype no replica has loaded waits "
+        "for one that has it before going to any replica (Serve's default, 1-2 s, is meant for "
+        "big models; a prototype loads in milliseconds).",
     )
     sampler_cpus: float = Field(0.25, gt=0, description="CPUs per sampler replica.")
     sampler_gpus: float = Field(0.0, ge=0, description="GPUs per sampler replica (vLLM judges).")
+    genrm: GenRMJudgeConfig | None = Field(
+        None, description="The LLM judge of method `genrm`; that method is off when unset."
+    )
     samplers: Autoscaling = Autoscaling()
     shards: Autoscaling = Autoscaling(max_replicas=2)
     scaling: ScalingConfig = Field(

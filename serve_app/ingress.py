@@ -2,7 +2,7 @@
 
 Request path: read the user's stored history (plus any history sent with the request), embed
 the texts (cached), place the user in a prototype from that history, and ask the shard of
-that prototype (`multiplexed_model_id`) to score. Feedback is committed to the store before
+that prototype to score. Feedback is committed to the store before
 the response is sent, and every later score reads the history again, so the user is
 re-adapted (weights, rubric, prototype) from their very next request.
 """
@@ -21,8 +21,9 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from personal_rm.chains_prompt import LABELS
 from personal_rm.embed import CachedEncoder, MiniLMEncoder
-from personal_rm.serving import Frontend, load_router
+from personal_rm.serving import TEXT_JUDGES, Frontend, load_router
 from personal_rm.store import SQLiteFeedbackStore
 from serve_app.api import (
     LIMITS,
@@ -67,20 +68,25 @@ async def reject_oversized(request: Request, call_next):
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, shard: DeploymentHandle, config: ServeAppConfig):
+    def __init__(self, shards: list[DeploymentHandle], config: ServeAppConfig):
         import torch
 
         torch.set_num_threads(1)
-        self.config, self.shard = config, shard
+        self.config, self.shards = config, shards
         self.encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
         self.router = load_router(config.state_dir, self.encoder)
         self.store = SQLiteFeedbackStore(config.store_path)
         self.frontend = Frontend(self.router, self.store, self.encoder, LIMITS.max_history)
+        self.methods = sorted({*self.router.judges, *(["genrm"] if config.genrm else [])})
 
     async def _score(self, req: ScoreRequest) -> ScoreResponse:
-        if req.method not in self.router.judges:
-            enabled = ", ".join(sorted(self.router.judges))
+        if req.method not in self.methods:
+            enabled = ", ".join(self.methods)
             raise HTTPException(400, f"method {req.method!r} is not enabled here ({enabled})")
+        if req.method in TEXT_JUDGES and len(req.responses) > len(LABELS):
+            raise HTTPException(
+                400, f"method {req.method!r} judges at most {len(LABELS)} responses"
+            )
         started = time.perf_counter()
         extra = [h.comparison(req.user_id) for h in req.history]
         prep = await asyncio.to_thread(
@@ -88,9 +94,9 @@ class Ingress:
         )
         prepared = time.perf_counter()
         scaling = self.config.scaling.model_copy(update={"n": req.n, "m": req.m})
-        handle = self.shard.options(multiplexed_model_id=str(prep.prototype))
-        result = await handle.score.remote(
-            req.method, req.user_id, prep.history, prep.vector, prep.request, scaling
+        history, request = prep.judge_inputs(req.method)
+        result = await self.shard(prep.prototype).score.remote(
+            prep.prototype, req.method, req.user_id, history, prep.vector, request, scaling
         )
         done = time.perf_counter()
         if result.scores is None:
@@ -115,6 +121,13 @@ class Ingress:
                 "total": 1000 * (done - started),
             },
         )
+
+    def shard(self, prototype: int) -> DeploymentHandle:
+        """The shard deployment serving `prototype`, tagged with it when multiplexed."""
+        handle = self.shards[prototype % len(self.shards)]
+        if self.config.shard_layout == "multiplexed":
+            return handle.options(multiplexed_model_id=str(prototype))
+        return handle
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(self, req: ScoreRequest) -> ScoreResponse:
@@ -149,6 +162,6 @@ class Ingress:
         return {
             "status": "ok",
             "feedback_rows": await asyncio.to_thread(self.store.count),
-            "methods": sorted(self.router.judges),
+            "methods": self.methods,
             "state_dir": str(Path(self.config.state_dir)),
         }

@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 from ray import serve
 
+from personal_rm.backends import build_backend
 from personal_rm.chains import EvaluationChain
-from personal_rm.features import PairSet
+from personal_rm.judge import LLMJudge
+from personal_rm.scaling import Judge
 from personal_rm.serving import load_router
+from serve_app.config import ServeAppConfig
+
+
+def build_judges(config: ServeAppConfig) -> dict[str, Judge]:
+    """The state's feature judges, and the LLM judge where one is configured."""
+    judges: dict[str, Judge] = dict(load_router(config.state_dir).judges)
+    if config.genrm is not None:
+        judges["genrm"] = LLMJudge(
+            build_backend(config.genrm.backend),
+            config.genrm.sampling,
+            config.genrm.history_size,
+            config.genrm.max_text_chars,
+        )
+    return judges
 
 
 @serve.deployment
 class ChainSampler:
-    def __init__(self, state_dir: Path):
+    def __init__(self, config: ServeAppConfig):
         import torch
 
         torch.set_num_threads(1)  # replicas share the node's cores; one thread each scales
-        self.judges = load_router(state_dir).judges
-        # Serve runs sync methods on a thread pool, and the judges' inner loop swaps module
-        # parameters (torch.func.functional_call): one sampling at a time per replica. The
-        # work is CPU-bound on one thread anyway; parallelism comes from replicas.
+        self.judges = build_judges(config)
+        # Serve runs sync methods on a thread pool; the feature judges' inner loop swaps module
+        # parameters (torch.func.functional_call) and an LLM generates from one model: one
+        # sampling at a time per replica. Parallelism comes from replicas.
         self.lock = threading.Lock()
 
     def methods(self) -> list[str]:
         return sorted(self.judges)
 
     def sample(
-        self, method: str, histories: Sequence[PairSet], request: np.ndarray, n: int, seed: int
+        self, method: str, histories: Sequence[Any], request: Any, n: int, seed: int
     ) -> list[list[EvaluationChain | None]]:
         with self.lock:
             return self.judges[method].sample_chains(histories, request, n, seed)

@@ -1,16 +1,18 @@
 """Prototype shards: per-prototype state loaded on demand, and the test-time fan-out.
 
-A shard replica holds a few prototypes (members, their vectors and histories), chosen by
-`@serve.multiplexed` on the prototype id, so requests for a prototype go to a replica that has
-it loaded and cold prototypes are evicted LRU. For one request it sends the N individual
-samples (split into `fanout` calls) and the M neighbours' samples to the chain samplers at
-once, gathers them and mixes the two levels with `personal_rm.scaling`.
+A shard replica holds a few prototypes (members, their vectors and histories), loaded on
+first use and evicted LRU (`@serve.multiplexed`). In the multiplexed layout the ingress tags
+each request with its prototype id, so Serve routes it to a replica that has that prototype
+loaded; in the grouped layout each of several shard deployments serves a fixed subset.
+For one request a shard sends the N individual samples (split into `fanout` calls) and the M
+neighbours' samples to the chain samplers at once, gathers them and mixes the two levels with
+`personal_rm.scaling`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -18,9 +20,11 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from personal_rm.chains import EvaluationChain
-from personal_rm.features import PairSet
 from personal_rm.scaling import ScaledScores, ScalingConfig, dual_granularity
-from personal_rm.serving import PrototypeShard, load_shard
+from personal_rm.serving import PrototypeShard, load_shard, neighbour_histories
+from personal_rm.store import SQLiteFeedbackStore
+from serve_app.api import LIMITS
+from serve_app.config import ServeAppConfig
 
 PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
 SAMPLER_ATTEMPTS = 3
@@ -34,8 +38,9 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 @serve.deployment
 class PrototypeShardServer:
-    def __init__(self, state_dir: Path, sampler: DeploymentHandle, fanout: int):
-        self.state_dir, self.sampler, self.fanout = state_dir, sampler, fanout
+    def __init__(self, config: ServeAppConfig, sampler: DeploymentHandle):
+        self.state_dir, self.sampler, self.fanout = config.state_dir, sampler, config.fanout
+        self.store = SQLiteFeedbackStore(config.store_path)  # neighbours' texts, for an LLM
 
     @serve.multiplexed(max_num_models_per_replica=PROTOTYPES_PER_REPLICA)
     async def get_prototype(self, prototype_id: str) -> PrototypeShard:
@@ -53,21 +58,25 @@ class PrototypeShardServer:
 
     async def score(
         self,
+        prototype: int,
         method: str,
         user: str,
-        history: PairSet,
+        history: Any,
         vector: np.ndarray,
-        request: np.ndarray,
+        request: Any,
         scaling: ScalingConfig,
     ) -> ScaledScores:
-        shard = await self.get_prototype(serve.get_multiplexed_model_id())
+        """`history` and `request` in the form the method's judge reads (features or texts)."""
+        shard = await self.get_prototype(str(prototype))
         neighbours = shard.neighbours(vector, scaling.m, exclude=user)
         calls = [
             self._sample(method, [history], request, n, scaling.seed + 1000 * i)
             for i, n in enumerate(split_evenly(scaling.n, self.fanout))
         ]
         if neighbours:
-            histories = [shard.history(u) for u in neighbours]
+            histories = await asyncio.to_thread(
+                neighbour_histories, shard, self.store, neighbours, method, LIMITS.max_history
+            )
             calls.append(self._sample(method, histories, request, 1, scaling.seed))
         results = await asyncio.gather(*calls)
         individual = [

@@ -23,7 +23,14 @@ from personal_rm.chains_prompt import (
     render_messages,
     unshuffle,
 )
-from personal_rm.judge import Judged, judge_report, judge_tasks, make_tasks
+from personal_rm.judge import (
+    Judged,
+    LLMJudge,
+    TextRequest,
+    judge_report,
+    judge_tasks,
+    make_tasks,
+)
 
 REQUEST = JudgeRequest(
     history=(("Tell me about tea.", "Tea is fine: warm and kind.", "Tea is fine."),),
@@ -221,3 +228,23 @@ def test_heuristic_teacher_reads_the_users_history():
     assert report["parse_failure_rate"] == 0.0
     assert report["accuracy"]["acc_sample"] >= 0.9
     assert isinstance(judged[0], Judged) and len(judged[0].texts) == 2
+
+
+def test_llm_judge_samples_chains_in_request_order_for_each_history():
+    """`LLMJudge` (the server's genrm judge): each history sees its own shuffle, and chains come
+    back in the request's order, so the teacher's verdicts follow each user's own choices."""
+    data = toy_comparisons(8, 6)
+    by_user: dict[str, list] = {}
+    for c in data:
+        by_user.setdefault(c.user_id, []).append(c)
+    judge = LLMJudge(HeuristicTeacher(), SamplingConfig(temperature=1), history_size=3)
+    agreed = total = 0
+    for *history, target in by_user.values():
+        request = TextRequest(target.prompt, (target.chosen, target.rejected))
+        chains = judge.sample_chains([history, []], request, 2, seed=1)
+        assert [len(c) for c in chains] == [2, 2] and all(c is not None for c in chains[0])
+        agreed += sum(c.verdict == 0 for c in chains[0])
+        total += 2
+    assert agreed / total >= 0.8  # the chosen response is index 0 of the request
+    scripted = LLMJudge(Scripted(), SamplingConfig()).sample_chains([[], []], request, 3, seed=0)
+    assert all(c is not None for c in scripted[0]) and scripted[1] == [None] * 3  # "no idea"

@@ -46,3 +46,12 @@ def test_every_job_has_help(job):
     )
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
+
+
+def test_an_optional_section_is_off_until_one_of_its_flags_is_given():
+    from jobs.serve import ServeJobConfig
+
+    assert parse_config(ServeJobConfig, []).app.genrm is None
+    config = parse_config(ServeJobConfig, ["--app.genrm.backend.model", "/models/judge"])
+    assert config.app.genrm.backend.model == "/models/judge"
+    assert config.app.genrm.backend.kind == "transformers"  # the rest of the section: defaults

@@ -41,6 +41,9 @@ def config(tmp_path_factory):
             "state.mrm.epochs": 5,
             "state.rubric.training.epochs": 5,
             "state.prototypes.k": 3,
+            # The generative judge through the backend interface; the heuristic teacher writes
+            # valid chains on CPU (a tiny random LLM would parse none).
+            "app.genrm.backend.kind": "heuristic",
         },
     )
     build_server_state(config)
@@ -57,7 +60,7 @@ def client(ray_session, config):
     serve.shutdown()
 
 
-@pytest.mark.parametrize("method", ["mrm", "rubric"])
+@pytest.mark.parametrize("method", ["mrm", "rubric", "genrm"])
 def test_score_returns_a_reasoned_preference(client, method):
     body = client.post(
         "/v1/score", json={**REQUEST, "method": method, "n": 4, "m": 2, "return_chains": True}
@@ -73,15 +76,17 @@ def test_score_returns_a_reasoned_preference(client, method):
     assert set(chain["persona"]) == {"style", "content_and_structure", "core_values"}
 
 
-def test_feedback_is_durable_and_changes_the_next_score(client):
-    user = {**REQUEST, "user_id": "new-user-1", "method": "rubric", "n": 4, "m": 0}
+@pytest.mark.parametrize("method", ["rubric", "genrm"])
+def test_feedback_is_durable_and_changes_the_next_score(client, method):
+    user_id = f"new-user-{method}"
+    user = {**REQUEST, "user_id": user_id, "method": method, "n": 8, "m": 0}
     before = client.post("/v1/score", json=user).json()
     assert before["history_size"] == 0  # a cold start is served, not refused
     for _ in range(4):
         posted = client.post(
             "/v1/feedback",
             json={
-                "user_id": "new-user-1",
+                "user_id": user_id,
                 "prompt": REQUEST["prompt"],
                 "chosen": REQUEST["responses"][1],
                 "rejected": REQUEST["responses"][0],
@@ -93,7 +98,7 @@ def test_feedback_is_durable_and_changes_the_next_score(client):
     assert after["history_size"] == 4
     margin = lambda r: r["scores"][1] - r["scores"][0]  # noqa: E731
     assert margin(after) > margin(before)  # moved towards what the user said they prefer
-    info = client.get("/v1/users/new-user-1").json()
+    info = client.get(f"/v1/users/{user_id}").json()
     assert info["history_size"] == 4 and abs(sum(info["weights"]) - 1) < 1e-6
 
 
@@ -113,7 +118,7 @@ def test_feedback_is_durable_and_changes_the_next_score(client):
         ({"responses": "not a list"}, 422, "responses"),
         ({"unexpected": 1}, 422, "unexpected"),
         ({"history": [{"prompt": "p", "chosen": "a", "rejected": "a"}]}, 422, "history"),
-        ({"method": "genrm"}, 400, "not enabled"),
+        ({"method": "genrm", "responses": ["r"] * 9}, 400, "at most 8"),
     ],
 )
 def test_client_mistakes_get_a_4xx_naming_the_problem(client, change, status, reason):
@@ -166,3 +171,21 @@ def test_feedback_survives_an_application_restart(client, config):
     deploy(config)
     assert client.get("/v1/users/durable-user").json()["history_size"] == 1
     assert [p["members"] > 0 for p in client.get("/v1/prototypes").json()] == [True] * 3
+
+
+def test_grouped_layout_serves_every_prototype(client, config):
+    """Fixed per-prototype-group shard deployments instead of one multiplexed one."""
+    from ray import serve
+
+    from personal_rm.store import SQLiteFeedbackStore
+
+    grouped = config.app.model_copy(update={"shard_layout": "grouped", "shard_groups": 2})
+    deploy(config.model_copy(update={"app": grouped}))
+    deployments = serve.status().applications[APP_NAME].deployments
+    assert {"PrototypeShardServer0", "PrototypeShardServer1"} <= set(deployments)
+    served = set()
+    for user in SQLiteFeedbackStore(config.app.store_path).users()[:12]:
+        response = client.post("/v1/score", json={**REQUEST, "user_id": user, "n": 2, "m": 2})
+        assert response.status_code == 200, response.text
+        served.add(response.json()["prototype"])
+    assert {p % 2 for p in served} == {0, 1}  # both groups' deployments served requests
