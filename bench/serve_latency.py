@@ -3,7 +3,8 @@
     python -m bench.serve_latency --requests 100 --n 8 --m 4
     python -m personal_rm.tiny_lm /tmp/tiny-lm     # or any causal LM folder (a trained judge)
     python -m bench.serve_latency --method genrm --app.genrm.backend.model /tmp/tiny-lm \
-        --app.genrm.sampling.max_new_tokens 128 --out bench/results/serve_latency_genrm.json
+        --app.genrm.sampling.max_new_tokens 128 --app.fanout 2 --requests 30 \
+        --out bench/results/serve_latency_genrm.json   # N split over two sampler calls
 
 1. The same requests scored in-process (frontend + `scaling.scale`, one thread) and through
    HTTP -> ingress -> prototype shard -> chain samplers: p50/p99 and their ratio.
