@@ -55,7 +55,7 @@ def in_process(config: LatencyBenchConfig, user_id: str) -> list[float]:
         prep = frontend.prepare(user_id, body["prompt"], body["responses"])
         shard = shards.setdefault(prep.prototype, load_shard(config.app.state_dir, prep.prototype))
         near = shard.neighbours(prep.vector, config.m, user_id)
-        histories = neighbour_histories(shard, store, near, config.method, LIMITS.max_history)
+        histories = neighbour_histories(shard, store, near, config.method, config.app.text_history)
         history, request = prep.judge_inputs(config.method)
         scale(
             judge, request, history, len(history), dict(zip(near, histories, strict=True)), scaling

@@ -74,3 +74,9 @@ class ServeAppConfig(BaseModel):
         ScalingConfig(alpha="adaptive"),
         description="Defaults for requests that do not set n / m; alpha adapts to history size.",
     )
+
+    @property
+    def text_history(self) -> int:
+        """Comparisons of a neighbour's history worth reading for the LLM judge: the latest
+        `history_size`, all it is shown."""
+        return self.genrm.history_size if self.genrm is not None else 0

@@ -23,7 +23,6 @@ from personal_rm.chains import EvaluationChain
 from personal_rm.scaling import ScaledScores, ScalingConfig, dual_granularity
 from personal_rm.serving import PrototypeShard, load_shard, neighbour_histories
 from personal_rm.store import SQLiteFeedbackStore
-from serve_app.api import LIMITS
 from serve_app.config import ServeAppConfig
 
 PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
@@ -41,6 +40,7 @@ class PrototypeShardServer:
     def __init__(self, config: ServeAppConfig, sampler: DeploymentHandle):
         self.state_dir, self.sampler, self.fanout = config.state_dir, sampler, config.fanout
         self.store = SQLiteFeedbackStore(config.store_path)  # neighbours' texts, for an LLM
+        self.text_history = config.text_history
 
     @serve.multiplexed(max_num_models_per_replica=PROTOTYPES_PER_REPLICA)
     async def get_prototype(self, prototype_id: str) -> PrototypeShard:
@@ -75,7 +75,7 @@ class PrototypeShardServer:
         ]
         if neighbours:
             histories = await asyncio.to_thread(
-                neighbour_histories, shard, self.store, neighbours, method, LIMITS.max_history
+                neighbour_histories, shard, self.store, neighbours, method, self.text_history
             )
             calls.append(self._sample(method, histories, request, 1, scaling.seed))
         results = await asyncio.gather(*calls)
