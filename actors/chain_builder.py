@@ -18,8 +18,8 @@ from ray.util import ActorPool
 from tqdm.auto import tqdm
 
 from personal_rm.backends import BackendConfig, SamplingConfig, build_backend
-from personal_rm.chain_data import chain_row, done_ids, open_for_append
-from personal_rm.judge import JudgeTask, judge_tasks
+from personal_rm.pgenrm.chain_data import chain_row, done_ids, open_for_append
+from personal_rm.pgenrm.llm_judge import JudgeTask, judge_tasks
 
 
 @ray.remote

@@ -1,8 +1,8 @@
 """GenRM SFT and GRPO on Ray Train: a transformers causal LM, DDP (or FSDP for SFT) workers.
 
-The steps are `personal_rm.genrm`'s; this module shards the rows across workers (every worker
-takes the same number of steps: gradient all-reduce is a barrier), reports every epoch with a
-checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer: transformers and
+The steps are `personal_rm.pgenrm.training`'s; this module shards the rows across workers
+(every worker takes the same number of steps: gradient all-reduce is a barrier), reports every
+epoch with a checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer: transformers and
 vLLM load it as is), and resumes from the latest checkpoint when the worker group restarts
 after a failure or the run is started again with the same `name` and `storage_path`.
 The RL stage samples its groups from the live policy through the transformers backend, and
@@ -30,7 +30,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from personal_rm.genrm import GRPOConfig, SFTConfig, collate, encode_sft, grpo_step, sft_loss
+from personal_rm.pgenrm.training import (
+    GRPOConfig,
+    SFTConfig,
+    collate,
+    encode_sft,
+    grpo_step,
+    sft_loss,
+)
 
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"

@@ -45,9 +45,9 @@ def run(config: CostBenchConfig) -> dict:
 
     from personal_rm.backends import SamplingConfig, chat_text
     from personal_rm.backends.transformers_backend import TransformersBackend
-    from personal_rm.chains_prompt import JudgeRequest, render_messages
     from personal_rm.data import load_comparisons, resolve_dataset
-    from personal_rm.tiny_lm import build_tiny_lm
+    from personal_rm.pgenrm.prompt import JudgeRequest, render_messages
+    from tests.tiny_lm import build_tiny_lm
 
     torch.set_num_threads(config.threads)
     comparisons = load_comparisons(resolve_dataset("llmfao")).comparisons[: config.history + 1]

@@ -45,7 +45,7 @@ def synthetic(n: int, config: ScaleBenchConfig):
     """(n, dim) float32 unit vectors: taste + noise, generated in chunks to bound memory."""
     import numpy as np
 
-    from personal_rm.prototypes import norms
+    from personal_rm.pgenrm.prototypes import norms
 
     rng = np.random.default_rng(config.seed)
     tastes = rng.standard_normal((config.clusters, config.dim), dtype=np.float32)
@@ -69,7 +69,7 @@ def run(config: ScaleBenchConfig) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from personal_rm.prototypes import PrototypeConfig, PrototypeIndex
+    from personal_rm.pgenrm.prototypes import PrototypeConfig, PrototypeIndex
 
     rows = []
     with threadpool_limits(config.threads):

@@ -33,8 +33,8 @@ import numpy as np
 from pydantic import Field
 
 from personal_rm.config import parse_config
+from personal_rm.pgenrm.rubric import RubricConfig
 from personal_rm.prepare import DataConfig, SplitConfig
-from personal_rm.rubric import RubricConfig
 
 
 class ScalingBenchConfig(DataConfig):
@@ -95,10 +95,16 @@ def run(config: ScalingBenchConfig) -> dict:
     from personal_rm.data.splits import k_shot
     from personal_rm.embed import CachedEncoder, MiniLMEncoder
     from personal_rm.metrics import per_user_counts, summarize
+    from personal_rm.pgenrm.prototypes import PrototypeConfig, chain_text
+    from personal_rm.pgenrm.rubric import RubricJudge
+    from personal_rm.pgenrm.scaling import (
+        ScaledRewardModel,
+        TTSConfig,
+        aggregate,
+        mix,
+        mixing_weight,
+    )
     from personal_rm.prepare import prepare
-    from personal_rm.prototypes import PrototypeConfig, chain_text
-    from personal_rm.rubric import RubricJudge
-    from personal_rm.scaling import ScaledRewardModel, ScalingConfig, aggregate, mix, mixing_weight
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -133,7 +139,7 @@ def run(config: ScalingBenchConfig) -> dict:
     groups.append(group("val all", list(split.validation_users), val_all))
 
     models: dict[tuple[str, int, bool], ScaledRewardModel] = {}  # (representation, K, refine)
-    scaling = ScalingConfig(seed=0)
+    scaling = TTSConfig(seed=0)
     for rep in ("chain", "preference"):
         base = ScaledRewardModel(judge, PrototypeConfig(representation=rep), scaling, encoder)
         member_vectors = base.user_vectors(seen_train)
@@ -196,7 +202,7 @@ def run(config: ScalingBenchConfig) -> dict:
     def margins_of(g: Group, v: Variant, point: bool = False) -> np.ndarray:
         out = np.empty(len(g.query))
         by_user = g.query.rows_by_user()
-        cfg = ScalingConfig(n=v.n, m=v.m, alpha=v.alpha, half=v.half, aggregate=v.aggregate)
+        cfg = TTSConfig(n=v.n, m=v.m, alpha=v.alpha, half=v.half, aggregate=v.aggregate)
         for u, history in zip(g.users, g.histories, strict=True):
             s = g.scores[u]  # (P, 2, K)
             weights = g.point[u][None] if point else g.draws[u][: v.n]
@@ -348,7 +354,7 @@ def run(config: ScalingBenchConfig) -> dict:
 
     # -- checks: the chain path agrees, and what N costs --------------------------------------
     model = models[best.index]
-    model.scaling = ScalingConfig(n=best.n, m=best.m, alpha=best.alpha, half=best.half)
+    model.scaling = TTSConfig(n=best.n, m=best.m, alpha=best.alpha, half=best.half)
     agree = total = 0
     for g in test_groups[:3]:
         array_margins = margins_of(g, best)
@@ -369,11 +375,11 @@ def run(config: ScalingBenchConfig) -> dict:
     history = history.take(range(min(16, len(history))))
     request = np.stack([g.query.chosen[0], g.query.rejected[0]])
     one, eight = (
-        ScalingConfig(n=n, m=best.m if n > 1 else 0, alpha=best.alpha, half=best.half)
+        TTSConfig(n=n, m=best.m if n > 1 else 0, alpha=best.alpha, half=best.half)
         for n in (1, 8)
     )
 
-    def score_with(scaling: ScalingConfig) -> None:
+    def score_with(scaling: TTSConfig) -> None:
         model.scaling = scaling
         model.score(u, history, request)
 

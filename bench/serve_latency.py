@@ -1,7 +1,7 @@
 """Serve overhead and sampler scaling, measured against in-process scoring in the same run.
 
     python -m bench.serve_latency --requests 100 --n 8 --m 4
-    python -m personal_rm.tiny_lm /tmp/tiny-lm     # or any causal LM folder (a trained judge)
+    python -m tests.tiny_lm /tmp/tiny-lm     # or any causal LM folder (a trained judge)
     python -m bench.serve_latency --method genrm --app.genrm.backend.model /tmp/tiny-lm \
         --app.genrm.sampling.max_new_tokens 128 --app.fanout 2 --requests 30 \
         --out bench/results/serve_latency_genrm.json   # N split over two sampler calls
@@ -34,9 +34,9 @@ def in_process(config: LatencyBenchConfig, user_id: str) -> list[float]:
     import torch
 
     from personal_rm.embed import CachedEncoder, MiniLMEncoder
-    from personal_rm.scaling import scale
-    from personal_rm.serving import Frontend, load_router, load_shard, neighbour_histories
-    from personal_rm.store import SQLiteFeedbackStore
+    from personal_rm.pgenrm.scaling import scale
+    from personal_rm.serving.state import Frontend, load_router, load_shard, neighbour_histories
+    from personal_rm.serving.store import SQLiteFeedbackStore
     from serve_app.api import LIMITS
     from serve_app.sampler import build_judges
 
@@ -99,8 +99,8 @@ async def over_http(
 def run(config: LatencyBenchConfig) -> dict:
     from ray import serve
 
-    from jobs.serve import deploy
-    from personal_rm.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import SQLiteFeedbackStore
+    from serve_app.deploy import deploy
 
     base_url = start(config)
     user_id = SQLiteFeedbackStore(config.app.store_path).users()[0]

@@ -100,7 +100,7 @@ async def load(config: LoadBenchConfig, base_url: str, user_id: str) -> dict:
 def run(config: LoadBenchConfig) -> dict:
     from ray import serve
 
-    from personal_rm.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import SQLiteFeedbackStore
 
     app = config.app.model_copy(
         update={

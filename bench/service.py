@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from jobs.serve import ServeJobConfig, build_server_state, deploy
-from personal_rm.serving import ROUTER_FILE
+from personal_rm.serving.state import ROUTER_FILE
+from serve_app.deploy import ServeJobConfig, build_server_state, deploy
 
 
 class ServeBenchConfig(ServeJobConfig):

@@ -52,8 +52,8 @@ def layout(config: LayoutBenchConfig, name: str) -> LayoutBenchConfig:
 def run(config: LayoutBenchConfig) -> dict:
     from ray import serve
 
-    from jobs.serve import deploy
-    from personal_rm.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import SQLiteFeedbackStore
+    from serve_app.deploy import deploy
 
     base_url = start(layout(config, LAYOUTS[0]))
     users = SQLiteFeedbackStore(config.app.store_path).users()

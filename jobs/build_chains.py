@@ -21,8 +21,8 @@ from pathlib import Path
 from pydantic import Field
 
 from personal_rm.backends import BackendConfig, SamplingConfig
-from personal_rm.chain_data import ChainDataConfig
 from personal_rm.config import dump_config, parse_config
+from personal_rm.pgenrm.chain_data import ChainDataConfig
 from personal_rm.prepare import SplitConfig
 
 
@@ -43,8 +43,8 @@ class BuildChainsConfig(ChainDataConfig):
 def run(config: BuildChainsConfig) -> dict[str, int]:
     from actors.chain_builder import build_chains
     from actors.local_ray import connect
-    from personal_rm.chain_data import load_split, select
-    from personal_rm.judge import make_tasks
+    from personal_rm.pgenrm.chain_data import load_split, select
+    from personal_rm.pgenrm.llm_judge import make_tasks
 
     comparisons, split = load_split(config, config.split)
     train = select(comparisons, split, split.train, split.seen_users)

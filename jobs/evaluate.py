@@ -19,10 +19,10 @@ from personal_rm.baselines import BaselineConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.mrm import MRMConfig
+from personal_rm.pgenrm.prototypes import PrototypeConfig
+from personal_rm.pgenrm.rubric import RubricConfig
+from personal_rm.pgenrm.scaling import TTSConfig
 from personal_rm.prepare import DataConfig, SplitConfig
-from personal_rm.prototypes import PrototypeConfig
-from personal_rm.rubric import RubricConfig
-from personal_rm.scaling import ScalingConfig
 
 
 class EvaluateConfig(DataConfig):
@@ -39,20 +39,7 @@ class EvaluateConfig(DataConfig):
     mrm: MRMConfig = MRMConfig()
     rubric: RubricConfig = RubricConfig()
     prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: ScalingConfig = ScalingConfig()
-
-
-def tables(rows: list[dict], dataset: str) -> str:
-    from personal_rm.report import markdown_table
-
-    worst = ", ".join(f"{r['method']}@{r['split']}:{r['k']}={r['worst10_user']:.3f}" for r in rows)
-    return (
-        f"## {dataset}: user-level accuracy (mean over users) [95% CI]\n\n"
-        f"{markdown_table(rows, 'user')}\n\n"
-        f"## {dataset}: sample-level accuracy (mean over comparisons) [95% CI]\n\n"
-        f"{markdown_table(rows, 'sample')}\n\n"
-        f"worst-10%-of-users accuracy: {worst}\n"
-    )
+    scaling: TTSConfig = TTSConfig()
 
 
 def run(config: EvaluateConfig) -> list[dict]:
@@ -61,7 +48,7 @@ def run(config: EvaluateConfig) -> list[dict]:
     from personal_rm.evaluation import evaluate_method
     from personal_rm.methods import build_method
     from personal_rm.prepare import prepare
-    from personal_rm.report import plot_accuracy
+    from personal_rm.report import plot_accuracy, tables
 
     methods = [build_method(name, config) for name in config.methods]
     prepared = prepare(config, config.split)

@@ -28,10 +28,10 @@ from personal_rm.baselines import BaselineConfig
 from personal_rm.config import dump_config, load_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.mrm import MRMConfig
+from personal_rm.pgenrm.prototypes import PrototypeConfig
+from personal_rm.pgenrm.rubric import RubricConfig
+from personal_rm.pgenrm.scaling import TTSConfig
 from personal_rm.prepare import DataConfig, SplitConfig
-from personal_rm.prototypes import PrototypeConfig
-from personal_rm.rubric import RubricConfig
-from personal_rm.scaling import ScalingConfig
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "pipeline_quick.yaml"
 STAGES = ("embed", "baselines", "mrm", "prototypes", "evaluate", "serve")
@@ -57,7 +57,7 @@ class PipelineConfig(DataConfig):
     train: RayTrainConfig = RayTrainConfig()
     rubric: RubricConfig = RubricConfig()
     prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: ScalingConfig = ScalingConfig(alpha="adaptive")
+    scaling: TTSConfig = TTSConfig(alpha="adaptive")
 
 
 def stage_key(config: PipelineConfig, stage: str) -> str:
@@ -142,7 +142,7 @@ class Pipeline:
 
     def prototypes(self) -> None:
         from personal_rm.embed import CachedEncoder, MiniLMEncoder
-        from personal_rm.serving import StateConfig, build_state, save_state
+        from personal_rm.serving.state import StateConfig, build_state, save_state
 
         def compute() -> list[dict]:
             encoder = CachedEncoder(MiniLMEncoder(), self.config.cache_dir)
@@ -167,8 +167,7 @@ class Pipeline:
         self.rows += cached_rows(self.config, "prototypes", compute)
 
     def evaluate(self) -> None:
-        from jobs.evaluate import tables
-        from personal_rm.report import plot_accuracy
+        from personal_rm.report import plot_accuracy, tables
 
         out = self.config.out
         result = {
@@ -190,7 +189,7 @@ class Pipeline:
     def serve(self) -> None:
         from ray import serve
 
-        from jobs.serve import ServeJobConfig, demo, deploy, seed_store
+        from serve_app.deploy import ServeJobConfig, demo, deploy, seed_store
 
         app = {
             "state_dir": self.config.out / "state",

@@ -21,8 +21,8 @@ from typing import Literal
 from pydantic import Field
 
 from personal_rm.backends import BackendConfig, SamplingConfig
-from personal_rm.chain_data import ChainDataConfig
 from personal_rm.config import dump_config, parse_config
+from personal_rm.pgenrm.chain_data import ChainDataConfig
 from personal_rm.prepare import SplitConfig
 
 
@@ -43,8 +43,8 @@ def run(config: ScoreGenRMConfig) -> dict:
     from tqdm.auto import tqdm
 
     from personal_rm.backends import build_backend
-    from personal_rm.chain_data import load_split, select
-    from personal_rm.judge import judge_report, judge_tasks, make_tasks
+    from personal_rm.pgenrm.chain_data import load_split, select
+    from personal_rm.pgenrm.llm_judge import judge_report, judge_tasks, make_tasks
 
     comparisons, split = load_split(config, config.split)
     backend = build_backend(config.backend)

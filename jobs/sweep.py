@@ -6,7 +6,7 @@
 
 Seeded random search with ASHA early stopping on each epoch's validation accuracy; every trial
 meta-trains MRM on Ray Train (one worker) and is judged on the validation users only (see
-personal_rm/sweep.py and actors/sweep.py). The winner is then evaluated once on the test
+personal_rm/tuning.py and actors/tuner.py). The winner is then evaluated once on the test
 users through the evaluation harness. Writes to --out: sweep.md (trials and test tables),
 sweep.json, sweep_k.png (accuracy vs K), sweep_budget.png (accuracy vs the N+M budget and its
 split), sweep_best.yaml (a `jobs.serve` config) and sweep_config.yaml. Interrupted (Ctrl-C, a
@@ -24,14 +24,14 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from actors.sweep import SweepSettings
+from actors.tuner import SweepSettings
 from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.mrm import MRMConfig
+from personal_rm.pgenrm.prototypes import PrototypeConfig
 from personal_rm.prepare import DataConfig, Prepared, SplitConfig
-from personal_rm.prototypes import PrototypeConfig
-from personal_rm.serving import StateConfig
-from personal_rm.sweep import DEFAULT_SPACE, SearchSpace, check_space, plain
+from personal_rm.serving.state import StateConfig
+from personal_rm.tuning import DEFAULT_SPACE, SearchSpace, check_space, plain
 
 BUDGET_LABELS = {0.0: "M = 0 (individual only)", 0.25: "M = (N+M) / 4", 0.5: "M = (N+M) / 2"}
 # 30 epochs keep a trial to minutes on CPU. Prototypes from preferences: the one representation
@@ -200,7 +200,7 @@ def plot_slices(
 def serve_config(config: SweepConfig, state: StateConfig) -> Any:
     """The winner as a `jobs.serve` config: same data and split, its own state folder (a
     stale state from another config is never served) and request defaults."""
-    from jobs.serve import ServeJobConfig
+    from serve_app.deploy import ServeJobConfig
 
     data = config.model_dump(include=set(DataConfig.model_fields))
     app = {
@@ -217,11 +217,11 @@ def sweep(
 ) -> dict[str, Any] | None:
     """Run or resume the sweep on a connected Ray; write the outputs, or return None if the
     experiment was interrupted (`callbacks`: Tune callbacks)."""
-    from actors.sweep import expected_trials, tune_sweep
+    from actors.tuner import expected_trials, tune_sweep
     from personal_rm.evaluation import evaluate_method
     from personal_rm.mrm import MetaRewardModel
     from personal_rm.report import markdown_table
-    from personal_rm.sweep import SweepData, apply_params, scaled_mrm, slices
+    from personal_rm.tuning import SweepData, apply_params, scaled_mrm, slices
 
     data = SweepData.from_prepared(prepared)
     space = config.search_space

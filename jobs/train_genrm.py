@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.genrm_trainer import GenRMRayConfig
 from personal_rm.config import dump_config, parse_config
-from personal_rm.genrm import GRPOConfig, SFTConfig
+from personal_rm.pgenrm.training import GRPOConfig, SFTConfig
 
 
 class TrainGenRMConfig(BaseModel):
@@ -45,7 +45,7 @@ class TrainGenRMConfig(BaseModel):
 def run(config: TrainGenRMConfig) -> dict[str, Path]:
     from actors.genrm_trainer import fit_genrm
     from actors.local_ray import connect
-    from personal_rm.chain_data import read_rows, sft_rows
+    from personal_rm.pgenrm.chain_data import read_chain_rows, sft_rows
 
     connect(config.address)
     model, outputs, history = config.model, {}, {}
@@ -53,7 +53,8 @@ def run(config: TrainGenRMConfig) -> dict[str, Path]:
         if stage == "sft":
             rows, stage_config = sft_rows(config.chains), config.sft
         else:
-            rows, stage_config = list(read_rows(config.chains))[: config.rl_max_rows], config.rl
+            rows = list(read_chain_rows(config.chains))[: config.rl_max_rows]
+            stage_config = config.rl
         print(f"{stage}: {len(rows)} rows from {config.chains}")
         out = config.out / stage
         result = fit_genrm(stage, rows, model, stage_config, config.train, out)

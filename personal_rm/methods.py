@@ -13,13 +13,13 @@ from personal_rm.reward import RewardModel
 def _rubric(config: Any) -> Any:
     """The rubric judge, its criteria embedded by the MiniLM that embeds the data (cached)."""
     from personal_rm.embed import CachedEncoder, MiniLMEncoder
-    from personal_rm.rubric import RubricJudge
+    from personal_rm.pgenrm.rubric import RubricJudge
 
     return RubricJudge(config.rubric, encoder=CachedEncoder(MiniLMEncoder(), config.cache_dir))
 
 
 def _rubric_tts(config: Any) -> Any:
-    from personal_rm.scaling import ScaledRewardModel
+    from personal_rm.pgenrm.scaling import ScaledRewardModel
 
     return ScaledRewardModel(_rubric(config), config.prototypes, config.scaling)
 

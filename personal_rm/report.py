@@ -77,3 +77,15 @@ def plot_accuracy(rows: Sequence[Row], path: str | Path, title: str = "") -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def tables(rows: Sequence[Row], dataset: str) -> str:
+    """The user-level and sample-level tables and the worst-10% figures, as Markdown."""
+    worst = ", ".join(f"{r['method']}@{r['split']}:{r['k']}={r['worst10_user']:.3f}" for r in rows)
+    return (
+        f"## {dataset}: user-level accuracy (mean over users) [95% CI]\n\n"
+        f"{markdown_table(rows, 'user')}\n\n"
+        f"## {dataset}: sample-level accuracy (mean over comparisons) [95% CI]\n\n"
+        f"{markdown_table(rows, 'sample')}\n\n"
+        f"worst-10%-of-users accuracy: {worst}\n"
+    )

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personal_rm.backends import BackendConfig, SamplingConfig
 from personal_rm.embed import DEFAULT_CACHE
-from personal_rm.scaling import ScalingConfig
+from personal_rm.pgenrm.scaling import TTSConfig
 
 
 class Autoscaling(BaseModel):
@@ -70,8 +70,8 @@ class ServeAppConfig(BaseModel):
     )
     samplers: Autoscaling = Autoscaling()
     shards: Autoscaling = Autoscaling(max_replicas=2)
-    scaling: ScalingConfig = Field(
-        ScalingConfig(alpha="adaptive"),
+    scaling: TTSConfig = Field(
+        TTSConfig(alpha="adaptive"),
         description="Defaults for requests that do not set n / m; alpha adapts to history size.",
     )
 

@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from personal_rm.chains_prompt import LABELS
 from personal_rm.embed import CachedEncoder, MiniLMEncoder
-from personal_rm.serving import TEXT_JUDGES, Frontend, load_router
-from personal_rm.store import SQLiteFeedbackStore
+from personal_rm.pgenrm.prompt import LABELS
+from personal_rm.serving.state import TEXT_JUDGES, Frontend, load_router
+from personal_rm.serving.store import SQLiteFeedbackStore
 from serve_app.api import (
     LIMITS,
     USER_ID_PATTERN,

@@ -9,10 +9,10 @@ from typing import Any
 from ray import serve
 
 from personal_rm.backends import build_backend
-from personal_rm.chains import EvaluationChain
-from personal_rm.judge import LLMJudge
-from personal_rm.scaling import Judge
-from personal_rm.serving import load_router
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.llm_judge import LLMJudge
+from personal_rm.pgenrm.scaling import Judge
+from personal_rm.serving.state import load_router
 from serve_app.config import ServeAppConfig
 
 
@@ -40,9 +40,6 @@ class ChainSampler:
         # parameters (torch.func.functional_call) and an LLM generates from one model: one
         # sampling at a time per replica. Parallelism comes from replicas.
         self.lock = threading.Lock()
-
-    def methods(self) -> list[str]:
-        return sorted(self.judges)
 
     def sample(
         self, method: str, histories: Sequence[Any], request: Any, n: int, seed: int

@@ -6,7 +6,7 @@ each request with its prototype id, so Serve routes it to a replica that has tha
 loaded; in the grouped layout each of several shard deployments serves a fixed subset.
 For one request a shard sends the N individual samples (split into `fanout` calls) and the M
 neighbours' samples to the chain samplers at once, gathers them and mixes the two levels with
-`personal_rm.scaling`.
+`personal_rm.pgenrm.scaling`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from personal_rm.chains import EvaluationChain
-from personal_rm.scaling import ScaledScores, ScalingConfig, dual_granularity
-from personal_rm.serving import PrototypeShard, load_shard, neighbour_histories
-from personal_rm.store import SQLiteFeedbackStore
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.scaling import ScaledScores, TTSConfig, dual_granularity
+from personal_rm.serving.state import PrototypeShard, load_shard, neighbour_histories
+from personal_rm.serving.store import SQLiteFeedbackStore
 from serve_app.config import ServeAppConfig
 
 PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
@@ -64,7 +64,7 @@ class PrototypeShardServer:
         history: Any,
         vector: np.ndarray,
         request: Any,
-        scaling: ScalingConfig,
+        scaling: TTSConfig,
     ) -> ScaledScores:
         """`history` and `request` in the form the method's judge reads (features or texts)."""
         shard = await self.get_prototype(str(prototype))

@@ -52,8 +52,8 @@ def toy_corpus(comparisons: list[Comparison]) -> list[str]:
     """Judge prompts and heuristic chains for toy data: what the tiny tokenizer is fit to."""
     from personal_rm.backends import SamplingConfig
     from personal_rm.backends.heuristic import HeuristicTeacher
-    from personal_rm.chains_prompt import render_messages
-    from personal_rm.judge import make_tasks
+    from personal_rm.pgenrm.llm_judge import make_tasks
+    from personal_rm.pgenrm.prompt import render_messages
 
     prompts = [render_messages(t.request()) for t in make_tasks(comparisons, comparisons, 2)]
     chains = HeuristicTeacher().generate(prompts, 1, SamplingConfig())
@@ -62,7 +62,7 @@ def toy_corpus(comparisons: list[Comparison]) -> list[str]:
 
 def tiny_judge(directory: Path) -> Path:
     """The tiny judge model (built once per test session: callers share `directory`)."""
-    from personal_rm.tiny_lm import build_tiny_lm
+    from tiny_lm import build_tiny_lm
 
     if not (directory / "model.safetensors").exists():  # written last
         corpus = toy_corpus(toy_comparisons(16, 8, seed=0))

@@ -9,14 +9,15 @@ import time
 import httpx
 import pytest
 import torch
-from genrm_fixtures import tiny_judge, toy_comparisons
 
 from personal_rm.backends import BackendConfig, SamplingConfig, build_backend, chat_text
 from personal_rm.backends.openai_backend import OpenAIBackend
 from personal_rm.backends.openai_server import make_app
 from personal_rm.backends.transformers_backend import TransformersBackend
-from personal_rm.chains_prompt import render_messages
-from personal_rm.judge import make_tasks
+from personal_rm.pgenrm.llm_judge import make_tasks
+from personal_rm.pgenrm.prompt import render_messages
+
+from genrm_fixtures import tiny_judge, toy_comparisons
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 SAMPLED = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=7)

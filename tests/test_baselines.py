@@ -5,7 +5,8 @@ from personal_rm.baselines import BaselineConfig, GlobalBT, LowRankBT, PerUserBT
 from personal_rm.data.splits import k_shot, user_protocol_split
 from personal_rm.evaluation import score_users
 from personal_rm.metrics import summarize
-from personal_rm.synthetic import mixture_users
+
+from synthetic_users import mixture_users
 
 
 def unseen_accuracy(model, data, k):

@@ -5,15 +5,22 @@ import math
 
 import numpy as np
 import pytest
-from genrm_fixtures import toy_comparisons
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from personal_rm.backends import SamplingConfig
 from personal_rm.backends.heuristic import HeuristicTeacher, write_chain
-from personal_rm.chains import EvaluationChain
-from personal_rm.chains_parser import FailureKind, ParseFailure, parse_chain
-from personal_rm.chains_prompt import (
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.llm_judge import (
+    Judged,
+    LLMJudge,
+    TextRequest,
+    judge_report,
+    judge_tasks,
+    make_tasks,
+)
+from personal_rm.pgenrm.parser import FailureKind, ParseFailure, parse_chain
+from personal_rm.pgenrm.prompt import (
     CHAIN_END,
     CHAIN_START,
     SYSTEM_PROMPT,
@@ -23,14 +30,8 @@ from personal_rm.chains_prompt import (
     render_messages,
     unshuffle,
 )
-from personal_rm.judge import (
-    Judged,
-    LLMJudge,
-    TextRequest,
-    judge_report,
-    judge_tasks,
-    make_tasks,
-)
+
+from genrm_fixtures import toy_comparisons
 
 REQUEST = JudgeRequest(
     history=(("Tell me about tea.", "Tea is fine: warm and kind.", "Tea is fine."),),

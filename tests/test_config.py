@@ -49,7 +49,7 @@ def test_every_job_has_help(job):
 
 
 def test_an_optional_section_is_off_until_one_of_its_flags_is_given():
-    from jobs.serve import ServeJobConfig
+    from serve_app.deploy import ServeJobConfig
 
     assert parse_config(ServeJobConfig, []).app.genrm is None
     config = parse_config(ServeJobConfig, ["--app.genrm.backend.model", "/models/judge"])

@@ -13,11 +13,11 @@ import pytest
 from personal_rm.data.comparison import Comparison, DataError
 from personal_rm.data.formats import (
     FORMATS,
+    conversation_text,
     load_any,
     load_personal_reward_bench,
     load_prism,
     load_summarize_feedback,
-    render_messages,
 )
 from personal_rm.data.io import load_comparisons, write_comparisons
 
@@ -47,8 +47,8 @@ def error_of(loader, path: Path) -> str:
 
 
 def test_render_messages_single_message_is_its_text_and_several_are_role_blocks():
-    assert render_messages([{"role": "user", "content": "hi"}]) == "hi"
-    rendered = render_messages(
+    assert conversation_text([{"role": "user", "content": "hi"}]) == "hi"
+    rendered = conversation_text(
         [
             {"role": "user", "content": "hi"},
             {"role": "model", "content": "hello"},

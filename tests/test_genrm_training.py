@@ -11,15 +11,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from genrm_fixtures import tiny_judge, toy_comparisons
 
 from actors.chain_builder import build_chains
 from actors.genrm_trainer import GenRMRayConfig, fit_genrm
 from personal_rm.backends import BackendConfig, SamplingConfig
 from personal_rm.backends.transformers_backend import TransformersBackend
-from personal_rm.chain_data import open_for_append, read_rows, sft_rows
-from personal_rm.chains_prompt import render_messages
-from personal_rm.genrm import (
+from personal_rm.pgenrm.chain_data import open_for_append, read_chain_rows, sft_rows
+from personal_rm.pgenrm.llm_judge import judge_report, judge_tasks, make_tasks
+from personal_rm.pgenrm.prompt import render_messages
+from personal_rm.pgenrm.training import (
     IGNORE,
     GRPOConfig,
     SFTConfig,
@@ -27,7 +27,8 @@ from personal_rm.genrm import (
     group_advantages,
     grpo_loss,
 )
-from personal_rm.judge import judge_report, judge_tasks, make_tasks
+
+from genrm_fixtures import tiny_judge, toy_comparisons
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=320)
 
@@ -79,7 +80,7 @@ def test_open_for_append_drops_a_partial_last_row(tmp_path):
     path.write_text('{"id": "a"}\n{"id": "b", "tru')
     with open_for_append(path) as sink:
         sink.write('{"id": "c"}\n')
-    assert [r["id"] for r in read_rows(path)] == ["a", "c"]
+    assert [r["id"] for r in read_chain_rows(path)] == ["a", "c"]
 
 
 @pytest.mark.ray
@@ -99,7 +100,7 @@ def test_build_chains_on_actors_then_resume(ray_session, tmp_path):
     assert first == {"skipped_done": 0, "written": 20, "accepted": first["accepted"]}
     second = build_chains(tasks, out, BackendConfig(kind="heuristic"), **options)
     assert second["skipped_done"] == 20 and second["written"] == 10
-    rows = list(read_rows(out))
+    rows = list(read_chain_rows(out))
     assert sorted(r["id"] for r in rows) == sorted(t.id for t in tasks)  # each exactly once
     accepted = sft_rows(out)
     assert len(accepted) >= 0.9 * len(rows)  # the stand-in teacher reads the history right
@@ -143,7 +144,7 @@ def test_sft_then_rl_on_ray_train(ray_session, model_dir, tmp_path):
     assert [e["start_epoch"] for e in resumed.return_value] == [0] * 14 + [14]
 
     rl = GRPOConfig(epochs=1, prompts_per_step=2, group_size=4, lr=1e-4, max_new_tokens=320)
-    rl_rows = list(read_rows(chains))[:8]
+    rl_rows = list(read_chain_rows(chains))[:8]
     result = fit_genrm("rl", rl_rows, tmp_path / "sft", rl, distributed, tmp_path / "rl")
     metrics = result.metrics
     assert metrics["parse_rate"] >= 0.25  # sampled at temperature 1; random weights: ~0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
-from personal_rm.prototypes import (
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.prototypes import (
     PrototypeConfig,
     PrototypeIndex,
     chain_text,
@@ -16,7 +16,8 @@ from personal_rm.prototypes import (
     text_vectors,
     unit,
 )
-from personal_rm.synthetic import mixture_users
+
+from synthetic_users import mixture_users
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

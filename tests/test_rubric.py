@@ -15,15 +15,16 @@ import pytest
 
 from personal_rm.features import PairSet
 from personal_rm.mrm import MetaRewardModel, MRMConfig, split_support
-from personal_rm.reward import LinearReward, margins
-from personal_rm.rubric import (
+from personal_rm.pgenrm.rubric import (
     OTHER,
     LibraryCriterion,
     RubricConfig,
     RubricJudge,
     RubricTrainingConfig,
 )
-from personal_rm.synthetic import mixture_users
+from personal_rm.reward import LinearReward, margins
+
+from synthetic_users import mixture_users
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,14 +9,20 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
 from personal_rm.features import PairSet
 from personal_rm.mrm import split_support
-from personal_rm.prototypes import PrototypeConfig
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.prototypes import PrototypeConfig
+from personal_rm.pgenrm.rubric import (
+    LibraryCriterion,
+    RubricConfig,
+    RubricJudge,
+    RubricTrainingConfig,
+)
+from personal_rm.pgenrm.scaling import ScaledRewardModel, TTSConfig, dual_granularity, scale
 from personal_rm.reward import margins
-from personal_rm.rubric import LibraryCriterion, RubricConfig, RubricJudge, RubricTrainingConfig
-from personal_rm.scaling import ScaledRewardModel, ScalingConfig, dual_granularity, scale
-from personal_rm.synthetic import mixture_users
+
+from synthetic_users import mixture_users
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +42,7 @@ def chain(finals: Sequence[float]) -> EvaluationChain:
 def test_levels_are_aggregated_then_mixed_over_the_valid_parts() -> None:
     own = [chain([6, 4]), None, chain([8, 2])]
     near = [chain([2, 9]), None]
-    half = ScalingConfig(alpha=0.5)
+    half = TTSConfig(alpha=0.5)
     mixed = dual_granularity(own, near, history_size=3, config=half, neighbours=["a", "b"])
     np.testing.assert_allclose(mixed.scores, [4.5, 6.0])  # 0.5 * (7, 3) + 0.5 * (2, 9)
     assert mixed.verdict == 1 and mixed.parts == ("individual", "prototype")
@@ -47,10 +53,10 @@ def test_levels_are_aggregated_then_mixed_over_the_valid_parts() -> None:
     assert alone.alpha == 1.0 and alone.parts == ("individual",)
     assert dual_granularity([None], [], 0, half).verdict is None
 
-    votes = dual_granularity([*own, chain([3, 5])], [], 3, ScalingConfig(aggregate="vote"))
+    votes = dual_granularity([*own, chain([3, 5])], [], 3, TTSConfig(aggregate="vote"))
     np.testing.assert_allclose(votes.scores, [2 / 3, 1 / 3])
 
-    adaptive = ScalingConfig(alpha="adaptive", half=4)
+    adaptive = TTSConfig(alpha="adaptive", half=4)
     np.testing.assert_allclose(dual_granularity(own, near, 0, adaptive).scores, [2, 9])
     assert dual_granularity(own, near, 4, adaptive).alpha == 0.5
     assert dual_granularity(own, near, 400, adaptive).alpha > 0.99
@@ -69,7 +75,7 @@ class CountingJudge:
 
 def test_scale_makes_one_batched_call_per_level() -> None:
     judge = CountingJudge()
-    config = ScalingConfig(n=8, m=3)
+    config = TTSConfig(n=8, m=3)
     out = scale(judge, [1.0, 2.0], "me", 5, {u: u for u in "abcde"}, config)
     assert judge.calls == [(1, 8), (3, 1)]
     assert len(out.individual) == 8 and out.neighbours == ("a", "b", "c")
@@ -93,14 +99,14 @@ def world() -> dict:
     training = RubricTrainingConfig(epochs=20, outer_lr=3e-2, inner_lr=10.0)
     judge = RubricJudge(RubricConfig(training=training), HashEncoder(), criteria)
     model = ScaledRewardModel(
-        judge, PrototypeConfig(representation="preference", k=TASTES), ScalingConfig(n=8, m=8)
+        judge, PrototypeConfig(representation="preference", k=TASTES), TTSConfig(n=8, m=8)
     )
     model.fit(train)
     return {"model": model, "train": train, "test": test}
 
 
 def accuracy(model: ScaledRewardModel, support: PairSet, query: PairSet, **scaling) -> float:
-    model.scaling = ScalingConfig(**scaling)
+    model.scaling = TTSConfig(**scaling)
     m = margins(model.personalize(support, query.users()), query)
     return float(np.mean([np.mean(m[rows] > 0) for rows in query.rows_by_user().values()]))
 
@@ -133,7 +139,7 @@ def test_more_individual_samples_beat_one(world) -> None:
 
 def test_personalize_is_the_verdict_of_the_real_chains(world) -> None:
     model, test = world["model"], world["test"]
-    model.scaling = ScalingConfig(n=4, m=3)
+    model.scaling = TTSConfig(n=4, m=3)
     support, query = split_support(test, 4, seed=5)
     users = query.users()[:6]
     rewards = model.personalize(support, users)

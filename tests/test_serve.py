@@ -6,8 +6,8 @@ import socket
 import httpx
 import pytest
 
-from jobs.serve import APP_NAME, ServeJobConfig, build_server_state, deploy
 from personal_rm.config import load_config
+from serve_app.deploy import APP_NAME, ServeJobConfig, build_server_state, deploy
 
 pytestmark = pytest.mark.ray
 
@@ -177,7 +177,7 @@ def test_grouped_layout_serves_every_prototype(client, config):
     """Fixed per-prototype-group shard deployments instead of one multiplexed one."""
     from ray import serve
 
-    from personal_rm.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import SQLiteFeedbackStore
 
     grouped = config.app.model_copy(update={"shard_layout": "grouped", "shard_groups": 2})
     deploy(config.model_copy(update={"app": grouped}))

@@ -3,7 +3,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from personal_rm.data import Comparison
-from personal_rm.store import SQLiteFeedbackStore
+from personal_rm.serving.store import SQLiteFeedbackStore
 
 
 def write_then_die(path, n):

@@ -16,15 +16,16 @@ import pytest
 from pydantic import ValidationError
 from ray import tune
 
-from jobs.serve import ServeJobConfig
 from jobs.sweep import SweepConfig, sweep
 from personal_rm.config import load_config, parse_config
 from personal_rm.data.splits import user_protocol_split
 from personal_rm.mrm import MetaRewardModel, MRMConfig
 from personal_rm.prepare import Prepared
-from personal_rm.serving import StateConfig
-from personal_rm.sweep import SweepData, apply_params, scaled_mrm, validation_accuracy
-from personal_rm.synthetic import mixture_users
+from personal_rm.serving.state import StateConfig
+from personal_rm.tuning import SweepData, apply_params, scaled_mrm, validation_accuracy
+from serve_app.deploy import ServeJobConfig
+
+from synthetic_users import mixture_users
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

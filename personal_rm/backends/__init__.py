@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from personal_rm.chains_prompt import Message
+from personal_rm.pgenrm.prompt import Message
 
 
 class SamplingConfig(BaseModel):

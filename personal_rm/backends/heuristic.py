@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from personal_rm.backends import SamplingConfig
-from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
-from personal_rm.chains_prompt import JudgeRequest, Message, read_request, render_chain
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.prompt import JudgeRequest, Message, read_request, render_chain
 
 _WORD = re.compile(r"[a-z0-9]{4,}")
 

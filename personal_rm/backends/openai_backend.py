@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from personal_rm.backends import SamplingConfig, distinct_samples
-from personal_rm.chains_prompt import Message
+from personal_rm.pgenrm.prompt import Message
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 

@@ -16,7 +16,7 @@ import torch
 from transformers import StaticCache
 
 from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
-from personal_rm.chains_prompt import Message
+from personal_rm.pgenrm.prompt import Message
 
 
 class TransformersBackend:

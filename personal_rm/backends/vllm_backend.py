@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
-from personal_rm.chains_prompt import Message
+from personal_rm.pgenrm.prompt import Message
 
 
 class VLLMBackend:

@@ -4,7 +4,7 @@ Users bring these files as published; converting them here (instead of asking fo
 normalized schema) keeps each annotator's identity and the dataset's own split labels.
 Every loader reports a malformed row the way `parse_comparison` does: file, line, field.
 
-Conversations become one prompt string through `render_messages`: a single message is its
+Conversations become one prompt string through `conversation_text`: a single message is its
 text as is (so single-turn prompts look like every other prompt), several become
 `role: content` blocks separated by blank lines, with PRISM's role "model" written
 "assistant" so that PRISM and PersonalRewardBench (built from PRISM) render alike.
@@ -24,7 +24,7 @@ from personal_rm.data.io import (
     OnError,
     collect,
     load_comparisons,
-    read_rows,
+    read_numbered_rows,
 )
 
 ROLE_NAMES = {"model": "assistant"}
@@ -89,7 +89,7 @@ class _At:
         return value
 
 
-def render_messages(messages: list[dict[str, str]]) -> str:
+def conversation_text(messages: list[dict[str, str]]) -> str:
     """One message: its content. Several: `role: content` blocks, blank-line separated."""
     if len(messages) == 1:
         return messages[0]["content"]
@@ -105,7 +105,7 @@ def _load(
     def parse_all() -> Iterator[Comparison | DataError]:
         yield from errors
         for path in paths:
-            for number, row in read_rows(path):
+            for number, row in read_numbered_rows(path):
                 if isinstance(row, DataError):
                     yield row
                     continue
@@ -144,7 +144,7 @@ def _turns(at: _At, value: Any, field: str) -> str:
                 "content": at.text(message, "content", f"{field}[{i}].content"),
             }
         )
-    return render_messages(messages)
+    return conversation_text(messages)
 
 
 def _personal_reward_bench_row(row: dict[str, Any], at: _At) -> list[Comparison]:
@@ -224,7 +224,7 @@ def _prism_conversation(
             raise at.error("conversation_history", f"turn {turn} has no reply with if_chosen true")
         best = chosen[0]
         if PRISM_EMPTY not in (user_text[turn], best["content"]):
-            prompt = render_messages(context)
+            prompt = conversation_text(context)
             for other in replies[turn]:
                 if (
                     not other["chosen"]
@@ -249,7 +249,7 @@ def _prism_conversation(
 def _prism_surveys(path: Path) -> tuple[dict[str, dict[str, Any]], list[DataError]]:
     surveys: dict[str, dict[str, Any]] = {}
     errors = []
-    for number, row in read_rows(path):
+    for number, row in read_numbered_rows(path):
         if isinstance(row, DataError):
             errors.append(row)
             continue

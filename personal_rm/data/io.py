@@ -88,7 +88,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def read_numbered_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield `(line or row number, decoded row)`; undecodable lines come as a `DataError`."""
     if path.suffix == ".parquet":
         return _parquet_rows(path)
@@ -116,7 +116,7 @@ def load_comparisons(path: str | os.PathLike[str], *, on_error: OnError = "raise
     resolved = resolve_dataset(path)
 
     def parse_all() -> Iterator[Comparison | DataError]:
-        for number, row in read_rows(resolved):
+        for number, row in read_numbered_rows(resolved):
             if isinstance(row, DataError):
                 yield row
                 continue

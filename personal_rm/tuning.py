@@ -1,6 +1,6 @@
 """The Ray-free half of the hyperparameter sweep: search spaces, the objective, and slices.
 
-    python -m jobs.sweep --config configs/sweep.yaml      # the Ray half is actors/sweep.py
+    python -m jobs.sweep --config configs/sweep.yaml      # the Ray half is actors/tuner.py
 
 A sweep trial is the served `mrm` method: MRM meta-trained on the seen users, then used as the
 chain judge of dual-granularity scaling (K prototypes, N individual chains, M neighbours,
@@ -28,11 +28,11 @@ from personal_rm.evaluation import score_users
 from personal_rm.features import PairSet
 from personal_rm.metrics import per_user_counts
 from personal_rm.mrm import MetaRewardModel
+from personal_rm.pgenrm.rubric import RubricJudge
+from personal_rm.pgenrm.scaling import ScaledRewardModel
 from personal_rm.prepare import Prepared
 from personal_rm.reward import RewardModel
-from personal_rm.rubric import RubricJudge
-from personal_rm.scaling import ScaledRewardModel
-from personal_rm.serving import StateConfig
+from personal_rm.serving.state import StateConfig
 
 Distribution = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 SearchSpace = dict[str, dict[Distribution, list[Any]]]

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
 from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
 from personal_rm.mrm import (
@@ -38,6 +37,7 @@ from personal_rm.mrm import (
     build_net,
     meta_train_selected,
 )
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
 from personal_rm.reward import LinearReward
 
 ASPECTS = ("style", "content_and_structure", "core_values")  # the `Persona` fields

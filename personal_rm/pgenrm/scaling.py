@@ -28,23 +28,23 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from personal_rm.chains import EvaluationChain
 from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
-from personal_rm.prototypes import (
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.prototypes import (
     PrototypeConfig,
     PrototypeIndex,
     chain_text,
     preference_vectors,
     text_vectors,
 )
+from personal_rm.pgenrm.rubric import RubricJudge
 from personal_rm.reward import LinearReward
-from personal_rm.rubric import RubricJudge
 
 Aggregate = Literal["mean", "vote"]
 
 
-class ScalingConfig(BaseModel):
+class TTSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n: int = Field(8, ge=1, description="Individual-level chains N (one batched judge call).")
@@ -83,7 +83,7 @@ class ScaledScores:
         return None if self.scores is None else int(np.argmax(self.scores))
 
 
-def mixing_weight(config: ScalingConfig, history_size: int) -> float:
+def mixing_weight(config: TTSConfig, history_size: int) -> float:
     if config.alpha == "adaptive":
         return history_size / (history_size + config.half)
     return float(config.alpha)
@@ -113,7 +113,7 @@ def dual_granularity(
     individual: Sequence[EvaluationChain | None],
     prototype: Sequence[EvaluationChain | None],
     history_size: int,
-    config: ScalingConfig,
+    config: TTSConfig,
     neighbours: Sequence[str] = (),
 ) -> ScaledScores:
     """Aggregate each level's valid chains and mix them (see the module docstring)."""
@@ -134,7 +134,7 @@ def scale(
     history: Any,
     history_size: int,
     neighbour_histories: Mapping[str, Any],
-    config: ScalingConfig,
+    config: TTSConfig,
 ) -> ScaledScores:
     """Both levels for one request: N chains on the user's history, one per neighbour's."""
     individual = judge.sample_chains([history], request, config.n, config.seed)[0]
@@ -159,13 +159,13 @@ class ScaledRewardModel:
         self,
         judge: RubricJudge,
         prototypes: PrototypeConfig | None = None,
-        scaling: ScalingConfig | None = None,
+        scaling: TTSConfig | None = None,
         encoder: TextEncoder | None = None,
         name: str = "rubric_tts",
     ) -> None:
         self.judge, self.name = judge, name
         self.prototypes = prototypes or PrototypeConfig()
-        self.scaling = scaling or ScalingConfig()
+        self.scaling = scaling or TTSConfig()
         self.encoder = encoder or judge.encoder
         self.index: PrototypeIndex | None = None
         self.member_rubrics: dict[str, np.ndarray] = {}

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
-from personal_rm.chains import EvaluationChain
 from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
+from personal_rm.pgenrm.chain import EvaluationChain
 
 
 class PrototypeConfig(BaseModel):

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from personal_rm.chains import Criterion, EvaluationChain, Persona, ResponseScore
-from personal_rm.chains_prompt import CHAIN_END, CHAIN_START, LABELS, TOTAL_KEY
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.prompt import CHAIN_END, CHAIN_START, LABELS, TOTAL_KEY
 
 WEIGHT_ROUNDING = 0.02  # |Σ weights - 1| up to this is rounding, renormalised; more is a failure
 

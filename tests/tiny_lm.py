@@ -1,6 +1,6 @@
 """A tiny random-weight Llama and a byte-level BPE tokenizer trained locally: no download.
 
-    python -m personal_rm.tiny_lm /tmp/tiny [chains.jsonl]   # tokenizer fit to chain data
+    python -m tests.tiny_lm /tmp/tiny [chains.jsonl]   # tokenizer fit to chain data
 
 Tests, the CPU pipeline and benchmarks use it to run the generative judge's plumbing for
 real. Defaults: head_dim 32 (vLLM's CPU attention accepts it), and just big enough to learn
@@ -80,10 +80,10 @@ def build_tiny_lm(
 
 def chain_corpus(path: str | Path) -> list[str]:
     """Every prompt message and target chain of a chain dataset (`jobs.build_chains`)."""
-    from personal_rm.chain_data import read_rows
+    from personal_rm.pgenrm.chain_data import read_chain_rows
 
     texts = []
-    for row in read_rows(Path(path)):
+    for row in read_chain_rows(Path(path)):
         texts += [m["content"] for m in row["prompt"] + row.get("completion", [])]
     return texts
 

@@ -26,12 +26,12 @@ from pydantic import BaseModel, ConfigDict
 from personal_rm.data.comparison import Comparison
 from personal_rm.embed import TextEncoder, embed_comparisons, pair_text
 from personal_rm.features import PairSet
-from personal_rm.judge import TextRequest
 from personal_rm.mrm import MetaRewardModel, MRMConfig
-from personal_rm.prototypes import PrototypeConfig, chain_text
-from personal_rm.rubric import RubricConfig, RubricJudge
-from personal_rm.scaling import ScaledRewardModel, ScalingConfig
-from personal_rm.store import FeedbackStore
+from personal_rm.pgenrm.llm_judge import TextRequest
+from personal_rm.pgenrm.prototypes import PrototypeConfig, chain_text
+from personal_rm.pgenrm.rubric import RubricConfig, RubricJudge
+from personal_rm.pgenrm.scaling import ScaledRewardModel, TTSConfig
+from personal_rm.serving.store import FeedbackStore
 
 ROUTER_FILE = "router.pkl"
 TEXT_JUDGES = frozenset({"genrm"})  # judges that read texts, not features
@@ -45,7 +45,7 @@ class StateConfig(BaseModel):
     rubric: RubricConfig = RubricConfig()
     mrm: MRMConfig = MRMConfig()
     prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: ScalingConfig = ScalingConfig()
+    scaling: TTSConfig = TTSConfig()
 
 
 @dataclass

@@ -18,11 +18,11 @@ from typing import Any, Literal, TextIO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from personal_rm.chains import EvaluationChain
-from personal_rm.chains_prompt import render_messages
 from personal_rm.data import Comparison
 from personal_rm.data.splits import Split
-from personal_rm.judge import Judged, agrees, comparison_id
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.llm_judge import Judged, agrees, comparison_id
+from personal_rm.pgenrm.prompt import render_messages
 from personal_rm.prepare import SplitConfig
 
 
@@ -114,7 +114,7 @@ def open_for_append(path: Path) -> TextIO:
     return path.open("a", encoding="utf-8")
 
 
-def read_rows(path: Path) -> Iterator[dict]:
+def read_chain_rows(path: Path) -> Iterator[dict]:
     if path.exists():
         with path.open(encoding="utf-8") as lines:
             for line in lines:
@@ -123,8 +123,8 @@ def read_rows(path: Path) -> Iterator[dict]:
 
 
 def done_ids(path: Path) -> set[str]:
-    return {row["id"] for row in read_rows(path)}
+    return {row["id"] for row in read_chain_rows(path)}
 
 
 def sft_rows(path: Path) -> list[dict]:
-    return [row for row in read_rows(path) if "completion" in row]
+    return [row for row in read_chain_rows(path) if "completion" in row]

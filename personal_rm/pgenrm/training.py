@@ -21,10 +21,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from personal_rm.backends import GenerationBackend, SamplingConfig, chat_text
-from personal_rm.chains import EvaluationChain
-from personal_rm.chains_parser import parse_chain
-from personal_rm.chains_prompt import CHAIN_END, Message, unshuffle
-from personal_rm.judge import agrees
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.llm_judge import agrees
+from personal_rm.pgenrm.parser import parse_chain
+from personal_rm.pgenrm.prompt import CHAIN_END, Message, unshuffle
 
 IGNORE = -100
 

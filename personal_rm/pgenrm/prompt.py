@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personal_rm.chains import EvaluationChain
+from personal_rm.pgenrm.chain import EvaluationChain
 
 CHAIN_START = "<chain>"
 CHAIN_END = "</chain>"

@@ -5,7 +5,7 @@ Train; a `TuneReportCallback` forwards every epoch to Tune with `best_val_acc`, 
 validation accuracy so far, on which ASHA compares trials at equal epochs and stops the weak
 ones, in the first half of training (later rungs would save little and judge on noise). A
 trial that finishes puts its best epoch behind prototypes and dual-granularity scaling and
-reports the objective, `val_acc_tts` (personal_rm/sweep.py). ASHA can only judge what
+reports the objective, `val_acc_tts` (personal_rm/tuning.py). ASHA can only judge what
 training shows, MRM's own accuracy; K, N, M and alpha act after training, on the objective.
 
 Search: Tune's seeded random search (`BasicVariantGenerator`; `grid` entries are crossed with
@@ -35,8 +35,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from actors.mrm_trainer import MODEL_DIR, RayTrainConfig, fit_distributed
 from personal_rm.data.splits import KShot
-from personal_rm.serving import StateConfig
-from personal_rm.sweep import SearchSpace, SweepData, apply_params, scaled_mrm, validation_accuracy
+from personal_rm.serving.state import StateConfig
+from personal_rm.tuning import SearchSpace, SweepData, apply_params, scaled_mrm, validation_accuracy
 
 SAMPLERS = {
     "choice": tune.choice,

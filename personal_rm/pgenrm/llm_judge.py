@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from personal_rm.backends import GenerationBackend, SamplingConfig
-from personal_rm.chains import EvaluationChain
-from personal_rm.chains_parser import ParseFailure, ParseResult, parse_chain
-from personal_rm.chains_prompt import JudgeRequest, render_messages, shuffle_order, unshuffle
 from personal_rm.data import Comparison
 from personal_rm.data.splits import user_rng
 from personal_rm.metrics import summarize
+from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.parser import ParseFailure, ParseResult, parse_chain
+from personal_rm.pgenrm.prompt import JudgeRequest, render_messages, shuffle_order, unshuffle
 
 
 def comparison_id(c: Comparison) -> str:
