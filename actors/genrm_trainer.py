@@ -2,9 +2,9 @@
 
 The steps are `personal_rm.pgenrm.training`'s; this module shards the rows across workers
 (every worker takes the same number of steps: gradient all-reduce is a barrier), reports every
-epoch with a checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer: transformers and
-vLLM load it as is), and resumes from the latest checkpoint when the worker group restarts
-after a failure or the run is started again with the same `name` and `storage_path`.
+epoch with a checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer:
+transformers and vLLM load it as is), and resumes from the latest checkpoint when the worker
+group restarts after a failure or the run is started again with the same `name` and `storage_path`.
 The RL stage samples its groups from the live policy through the transformers backend, and
 keeps the starting (SFT) model frozen on every worker as the KL reference.
 """
