@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 from torch.distributed.checkpoint.state_dict import (
@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from personal_rm.config import Config
 from personal_rm.pgenrm.training import (
     GRPOConfig,
     SFTConfig,
@@ -44,9 +45,7 @@ STATE_FILE = "train_state.pt"
 Stage = Literal["sft", "rl"]
 
 
-class GenRMRayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GenRMRayConfig(Config):
     num_workers: int = Field(2, description="Training workers (one GPU each with use_gpu).")
     use_gpu: bool = Field(False, description="One GPU per worker (on a GPU cluster).")
     strategy: Literal["ddp", "fsdp"] = Field(

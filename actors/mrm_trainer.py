@@ -1,25 +1,26 @@
-"""MRM meta-training on Ray Train: seen users sharded across workers, meta-gradients averaged.
+"""MRM meta-training on Ray Train: seen users sharded across workers, one global meta-batch.
 
-The training loop is `personal_rm.mrm.meta_train`, unchanged; this module only gives each
-worker its shard of users, all-reduces the meta-gradients after every backward pass (so all
-workers apply the same update and stay identical), reports metrics every epoch with a
-checkpoint, and restores from the latest checkpoint when a worker group is restarted after a
-failure or the run is started again with the same `name` and `storage_path`.
+The training loop is `personal_rm.mrm.meta_train`; this module is the adapter around it. Each
+worker gets only its shard of the users (one object per rank), puts the net and its batches on
+`ray.train.torch.get_device()`, and passes `meta_train` an all-reduce over torch.distributed on
+that device (gloo on CPU, NCCL on GPU). `meta_train` spreads each meta-batch of
+`tasks_per_batch` users over the workers and sums the batch's losses (so RPO weights the whole
+batch) and the gradients, so N workers take the steps one process would. Rank 0 validates and
+checkpoints every epoch; a restarted worker group, or a rerun with the same `name` and
+`storage_path`, resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,18 +33,19 @@ from ray.train import (
     UserCallback,
 )
 from ray.train.torch import TorchTrainer
+from torch import Tensor, nn
 
 from personal_rm.features import PairSet
 from personal_rm.mrm import (
     MetaRewardModel,
     MRMConfig,
-    MRMNet,
     build_net,
     make_optimizer,
     meta_train,
     save_model,
     split_support,
     tasks_from_pairs,
+    trainable_tasks,
     user_accuracy,
 )
 
@@ -67,65 +69,57 @@ class RayTrainConfig(BaseModel):
         Path("results/ray"), description="Checkpoints and results; shared storage on a cluster."
     )
     name: str = Field("mrm", description="Run name; rerunning the same name resumes it.")
-    inject_failure_at_epoch: int | None = Field(
-        None, description="Fault-tolerance drill: the last worker dies once after this epoch."
-    )
 
 
-def _average_gradients(net: MRMNet) -> None:
-    world = dist.get_world_size()
-    for param in net.parameters():
-        if param.grad is None:  # every rank must join every all-reduce, in the same order
-            param.grad = torch.zeros_like(param)
-        dist.all_reduce(param.grad)
-        param.grad /= world
+def _all_reduce(tensors: list[Tensor]) -> None:
+    """Sum over workers, in place, on the tensors' own device."""
+    for tensor in tensors:
+        dist.all_reduce(tensor)
 
 
-def _restore(net: MRMNet, optimizer: torch.optim.Optimizer) -> int:
+def _restore(
+    net: nn.Module, optimizer: torch.optim.Optimizer, user_logits: nn.Parameter | None
+) -> int:
     """Load the latest reported checkpoint, if any; return the epoch to start from."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
+    device = ray.train.torch.get_device()
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+        state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
     net.load_state_dict(state["net"])
+    if user_logits is not None:
+        with torch.no_grad():
+            user_logits.copy_(state["user_logits"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"] + 1
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """One worker: its shard of the users, the net on its device, `meta_train` in lockstep."""
     config = MRMConfig(**loop["mrm"])
-    train: PairSet = ray.get(loop["train"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    tasks = tasks_from_pairs(train)
-    shard = tasks[rank::world]
-    # Every worker takes the same number of steps: all-reduce is a barrier.
-    steps = math.ceil(math.ceil(len(tasks) / world) / config.tasks_per_batch)
-    net = build_net(train, config)  # same seed on every worker: identical starting weights
-    optimizer = make_optimizer(net, config)
-    start_epoch = _restore(net, optimizer)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    tasks = ray.get(loop["shards"][rank])  # this worker's users; None for the others'
+    net = ray.get(loop["net"]).to(device)  # built once by the driver: every worker starts equal
+    # The no-meta ablation's per-user logits are replicated like the net: every worker applies
+    # the same summed gradient, so rank 0's checkpoint holds all of them.
+    user_logits = None
+    if not config.meta:
+        user_logits = nn.Parameter(torch.zeros(len(tasks), config.num_bases, device=device))
+    optimizer = make_optimizer(net, config, user_logits)
+    start_epoch = _restore(net, optimizer, user_logits)
     validation = None
-    if loop["validation"] is not None:
+    if rank == 0 and loop["validation"] is not None:  # Ray Train keeps rank 0's metrics only
         validation = split_support(ray.get(loop["validation"]), config.val_support, config.seed)
-    fail_at = loop["inject_failure_at_epoch"]
-    marker = Path(loop["storage_path"]) / f".{loop['name']}.failure-injected"
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         metrics = {**metrics, "epoch": epoch, "start_epoch": start_epoch}
         if validation is not None:
             net.eval()
-            metrics["val_acc"] = float(
-                np.mean(list(user_accuracy(net, *validation, config).values()))
-            )
+            accuracy = user_accuracy(net, *validation, config)
+            metrics["val_acc"] = float(np.mean(list(accuracy.values())))
             net.train()
-        if fail_at == epoch and rank == world - 1 and not marker.exists():
-            # The controller collects reports when it polls the workers (every 2 s); dying
-            # sooner would also lose the previous epoch's checkpoint, which no real failure
-            # that follows a report by microseconds is worth simulating.
-            marker.touch()
-            time.sleep(5)
-            os._exit(1)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
@@ -133,22 +127,22 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                     "net": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
+                    "user_logits": None if user_logits is None else user_logits.detach(),
                 }
                 torch.save(state, Path(directory) / STATE_FILE)
                 save_model(net, config, Path(directory) / MODEL_DIR)
                 checkpoint = Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    grad_sync = _average_gradients if world > 1 else None
     meta_train(
         net,
-        shard,
+        tasks,
         config,
         optimizer=optimizer,
+        user_logits=user_logits,
         start_epoch=start_epoch,
-        steps_per_epoch=steps,
         on_epoch=on_epoch,
-        grad_sync=grad_sync,
+        all_reduce=_all_reduce if dist.is_initialized() else None,
     )
 
 
@@ -159,35 +153,40 @@ def fit_distributed(
     *,
     validation: PairSet | None = None,
     callbacks: Sequence[UserCallback] = (),
+    train_loop: Callable[[dict[str, Any]], None] = train_loop_per_worker,
 ) -> tuple[MetaRewardModel, ray.train.Result]:
     """Meta-train on Ray Train; return the best epoch's model (by validation accuracy if
     validation users are given, else the last epoch) and the Ray Train result.
 
     `callbacks` run in the Train controller after every report; inside a Ray Tune trial,
-    `TuneReportCallback` forwards each epoch's metrics to Tune (for early stopping)."""
+    `TuneReportCallback` forwards each epoch's metrics to Tune (for early stopping).
+    `train_loop` is what each worker runs; a test wraps it to kill a worker mid-run."""
     storage_path = str(distributed.storage_path.resolve())
-    name = distributed.name
+    tasks = trainable_tasks(tasks_from_pairs(train), config)
+    if not tasks:
+        raise ValueError("no user has enough comparisons to train on")
+    world = distributed.num_workers
+    # User i lives on worker i % world only; the others see None in its place.
+    shards = [[t if i % world == r else None for i, t in enumerate(tasks)] for r in range(world)]
     loop = {
         "mrm": config.model_dump(),
-        "train": ray.put(train),
+        "net": ray.put(build_net(train, config)),  # global-BT init needs all of train: once
+        "shards": [ray.put(shard) for shard in shards],
         "validation": ray.put(validation) if validation is not None else None,
-        "inject_failure_at_epoch": distributed.inject_failure_at_epoch,
-        "storage_path": storage_path,
-        "name": name,
     }
     score = "val_acc" if validation is not None else "epoch"
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=loop,
         scaling_config=ScalingConfig(
-            num_workers=distributed.num_workers,
+            num_workers=world,
             use_gpu=distributed.use_gpu,
             resources_per_worker=None
             if distributed.cpus_per_worker is None
             else {"CPU": distributed.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name=name,
+            name=distributed.name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=distributed.max_failures),
             callbacks=list(callbacks),

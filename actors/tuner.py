@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -34,8 +34,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from actors.mrm_trainer import MODEL_DIR, RayTrainConfig, fit_distributed
+from personal_rm.config import Config
 from personal_rm.data.splits import KShot
-from personal_rm.serving.state import StateConfig
+from personal_rm.methods import MethodsConfig
 from personal_rm.tuning import SearchSpace, SweepData, apply_params, scaled_mrm, validation_accuracy
 
 SAMPLERS = {
@@ -47,9 +48,7 @@ SAMPLERS = {
 }
 
 
-class SweepSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SweepSettings(Config):
     name: str = Field("sweep", description="Experiment name; rerunning the same name resumes it.")
     storage_path: Path = Field(
         Path("results/ray"), description="Tune and Train results; shared storage on a cluster."
@@ -99,7 +98,7 @@ def run_trial(
     params: dict[str, Any],
     *,
     data: SweepData,
-    base: StateConfig,
+    base: MethodsConfig,
     settings: SweepSettings,
     seed: int,
 ) -> None:
@@ -129,7 +128,7 @@ def trial_dirname(trial: Trial) -> str:
 
 def tune_sweep(
     data: SweepData,
-    base: StateConfig,
+    base: MethodsConfig,
     space: SearchSpace,
     settings: SweepSettings,
     *,

@@ -6,20 +6,21 @@
         --data /work/shared/data/global_dialogues/pairs_pairwise.jsonl.gz
 
 One rubric judge is fitted on the seen users of the harness's seeded split (the same split as
-`jobs.evaluate`); every variant is then scored from the same posterior draws through the chain
-arithmetic (per-request criterion scores x rubric draws -> aggregate -> mix, the functions
-`scaling.dual_granularity` uses), on
+`jobs.evaluate`); every variant is then scored by the library's `scaling.scale`, from the same
+memoised posterior draws (`MemoSampler`), a user's test comparisons as one batch, on
 - test users: seen users (history = all their train rows) and unseen users at each k;
 - validation users at the same k and with all their train rows. The prototype
   representation, K, M, alpha and refinement are chosen on these, never on test users.
-Unseen users at k=0 have no history; with the chain representation their prototype comes from
-each request's chain under the prior rubric (request-level assignment). A sample of verdicts is
-re-computed through real `EvaluationChain`s to check the array path. Intervals: 95% bootstrap
-over users; differences are paired (same users). Writes bench/results/scaling_<name>.{json,md,png}.
+Unseen users at k=0 have no history: each request places them by the cold-start rule
+(`ScaledRewardModel.place`), as the server does. A sample of verdicts is re-computed through
+real `EvaluationChain`s (and a placement of their own) to check the array path. Intervals: 95%
+bootstrap over users; differences are paired (same users). Writes
+bench/results/scaling_<name>.{json,md,png}.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -59,17 +60,15 @@ class ScalingBenchConfig(DataConfig):
 
 @dataclass
 class Group:
-    """Users scored together: their histories, test pairs, criterion scores and draws."""
+    """Users scored together: their histories, test comparisons and placements."""
 
     name: str
     users: list[str]
     histories: list[Any]  # PairSet per user
     query: Any  # PairSet of the users' test rows
-    scores: dict[str, np.ndarray] = field(default_factory=dict)  # (P, 2, K) chosen first
-    draws: dict[str, np.ndarray] = field(default_factory=dict)  # (N_max, K)
-    point: dict[str, np.ndarray] = field(default_factory=dict)  # (K,) greedy rubric
-    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # rep -> user -> v
-    request_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # k=0: (P, d)
+    requests: dict[str, np.ndarray] = field(default_factory=dict)  # (P, 2, d), chosen first
+    # rep -> user -> (1, d) from the history, or (P, d) one per request (no history)
+    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,18 @@ def run(config: ScalingBenchConfig) -> dict:
     from personal_rm.data.splits import k_shot
     from personal_rm.embed import CachedEncoder, MiniLMEncoder
     from personal_rm.metrics import per_user_counts, summarize
-    from personal_rm.pgenrm.prototypes import PrototypeConfig, chain_text
+    from personal_rm.pgenrm.chain import Samples
+    from personal_rm.pgenrm.prototypes import PrototypeConfig
     from personal_rm.pgenrm.rubric import RubricJudge
     from personal_rm.pgenrm.scaling import (
+        MemoSampler,
         ScaledRewardModel,
         TTSConfig,
-        aggregate,
-        mix,
-        mixing_weight,
+        dual_granularity,
+        scale,
     )
     from personal_rm.prepare import prepare
+    from personal_rm.reward import margins
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -124,7 +125,11 @@ def run(config: ScalingBenchConfig) -> dict:
         by_user = sup.rows_by_user() if len(sup) else {}
         histories = [sup.take(by_user.get(u, np.array([], np.int64))) for u in users]
         query = pairs.take(split.rows_of(split.test, users, pairs.user_ids))
-        return Group(name, users, histories, query)
+        requests = {
+            u: np.stack([query.chosen[rows], query.rejected[rows]], 1)
+            for u, rows in query.rows_by_user().items()
+        }
+        return Group(name, users, histories, query, requests)
 
     ids = pairs.user_ids
     groups = [
@@ -149,79 +154,48 @@ def run(config: ScalingBenchConfig) -> dict:
             model.build_index(seen_train, member_vectors)
             models[(rep, k, refine)] = model
         for g in groups:
-            history = concat(g.histories, pairs.dim)
-            g.vectors[rep] = member_vectors if g.name == "seen" else base.user_vectors(history)
+            supports = concat(g.histories, pairs.dim)
+            found = member_vectors if g.name == "seen" else base.user_vectors(supports)
+            g.vectors[rep] = {
+                u: found[u][None] if u in found else base.place(u, history, g.requests[u])
+                for u, history in zip(g.users, g.histories, strict=True)
+            }
     print(f"prototypes built at {time.perf_counter() - started:.0f}s", flush=True)
 
+    sampler = MemoSampler(judge)  # every variant reads the same draws
+    members = {u: seen_train.take(rows) for u, rows in seen_train.rows_by_user().items()}
+    sampler.draws(list(members.values()), 1, scaling.seed)
     for g in groups:
-        draws = judge.sample_rubrics(g.histories, n_max, seed=scaling.seed)
-        g.draws = dict(zip(g.users, draws, strict=True))
-        history = concat(g.histories, pairs.dim)
-        g.point = judge.rubrics(history, g.users)
-        by_user = g.query.rows_by_user()
-        for u in g.users:
-            rows = by_user[u]
-            g.scores[u] = judge.criterion_scores(
-                np.stack([g.query.chosen[rows], g.query.rejected[rows]], axis=1)
-            )
-        if g.name.endswith("k=0"):  # request-level assignment: each request's prior chain
-            prior = judge.rubrics(concat([], pairs.dim), ["prior"])["prior"]
-            texts = {
-                u: [
-                    chain_text(judge.chain(prior, np.stack([c, r])))
-                    for c, r in zip(
-                        g.query.chosen[by_user[u]], g.query.rejected[by_user[u]], strict=True
-                    )
-                ]
-                for u in g.users
-            }
-            flat = sorted({t for ts in texts.values() for t in ts})
-            emb = dict(zip(flat, encoder.encode(flat), strict=True))
-            g.request_vectors = {u: np.stack([emb[t] for t in ts]) for u, ts in texts.items()}
-    print(f"draws and scores at {time.perf_counter() - started:.0f}s", flush=True)
+        sampler.draws(g.histories, n_max, scaling.seed)
+    print(f"draws at {time.perf_counter() - started:.0f}s", flush=True)
 
-    # -- scoring a variant on a group: the chain arithmetic, vectorised over requests --------
-    neighbour_cache: dict[tuple[str, tuple, str], Any] = {}
+    # -- scoring a variant on a group: `scale` on each user's test comparisons at once --------
+    neighbour_cache: dict[tuple[str, tuple, str], list[list[str]]] = {}
 
-    def neighbours(g: Group, key: tuple[str, int, bool], user: str) -> Any:
-        """Top-m_max neighbours of the user, or of each request (k=0, chain representation)."""
-        cache_key = (g.name, key, user)
-        if cache_key not in neighbour_cache:
-            model = models[key]
-            vector = g.vectors[key[0]].get(user)
-            if vector is not None:  # (per request?, neighbour lists)
-                found: Any = (False, [model.index.neighbours(vector, m_max, exclude=user)])
-            elif g.request_vectors and key[0] == "chain":
-                vectors = g.request_vectors[user]
-                found = (True, [model.index.neighbours(v, m_max, exclude=user) for v in vectors])
-            else:
-                found = None
-            neighbour_cache[cache_key] = found
-        return neighbour_cache[cache_key]
+    def neighbours(g: Group, key: tuple[str, int, bool], user: str) -> list[list[str]]:
+        """Top-m_max neighbours of the user, or of each request (no history); `scale` reads
+        the first M of each."""
+        if (g.name, key, user) not in neighbour_cache:
+            index = models[key].index
+            near = [index.neighbours(v, m_max, exclude=user) for v in g.vectors[key[0]][user]]
+            neighbour_cache[(g.name, key, user)] = near
+        return neighbour_cache[(g.name, key, user)]
 
-    def margins_of(g: Group, v: Variant, point: bool = False) -> np.ndarray:
+    runner = asyncio.Runner()  # one event loop for the many small `scale` calls
+
+    def margins_of(g: Group, v: Variant) -> np.ndarray:
         out = np.empty(len(g.query))
-        by_user = g.query.rows_by_user()
         cfg = TTSConfig(n=v.n, m=v.m, alpha=v.alpha, half=v.half, aggregate=v.aggregate)
+        by_user = g.query.rows_by_user()
         for u, history in zip(g.users, g.histories, strict=True):
-            s = g.scores[u]  # (P, 2, K)
-            weights = g.point[u][None] if point else g.draws[u][: v.n]
-            own = aggregate(np.einsum("prk,nk->pnr", s, weights), v.aggregate)
-            proto = None
-            found = neighbours(g, v.index, u) if v.m and v.index else None
-            members = models[v.index].member_rubrics if found else {}
-            if found and not found[0] and found[1][0]:  # the user's neighbours
-                w = np.stack([members[n] for n in found[1][0][: v.m]])
-                proto = aggregate(np.einsum("prk,mk->pmr", s, w), v.aggregate)
-            elif found and found[0]:  # each request's neighbours (k=0)
-                proto = own.copy()  # a request whose prototype is empty keeps its own score
-                for p, near in enumerate(found[1]):
-                    if near:
-                        w = np.stack([members[n] for n in near[: v.m]])
-                        proto[p] = aggregate(np.einsum("rk,mk->mr", s[p], w), v.aggregate)
-            mixed, _ = mix(own, proto, mixing_weight(cfg, len(history)))
-            out[by_user[u]] = mixed[:, 0] - mixed[:, 1]
+            rows, near = by_user[u], neighbours(g, v.index, u) if v.m and v.index else [[]]
+            mixed = runner.run(scale(sampler, g.requests[u], history, near, members, cfg)).scores
+            out[rows] = mixed[:, 0] - mixed[:, 1]
         return out
+
+    def point_margins(g: Group) -> np.ndarray:
+        """The greedy rubric (method `rubric`): no sampling, no prototypes."""
+        return margins(judge.personalize(concat(g.histories, pairs.dim), g.users), g.query)
 
     results: dict[tuple[str, str], dict] = {}
     per_user: dict[tuple[str, str], np.ndarray] = {}
@@ -229,7 +203,7 @@ def run(config: ScalingBenchConfig) -> dict:
     def score(g: Group, v: Variant | str) -> dict:
         label = v if isinstance(v, str) else v.label()
         if (g.name, label) not in results:
-            m = margins_of(g, Variant(1), point=True) if v == "point" else margins_of(g, v)
+            m = point_margins(g) if v == "point" else margins_of(g, v)
             summary = summarize(g.query.user_ids, m, n_boot=config.n_boot, seed=config.seed)
             correct, total = per_user_counts(g.query.user_ids, m)
             per_user[(g.name, label)] = correct / total
@@ -363,7 +337,10 @@ def run(config: ScalingBenchConfig) -> dict:
         todo = [(u, r) for u in g.users for r in rows[u][:2]][: config.n_check]
         for u, r in todo:
             request = np.stack([g.query.chosen[r], g.query.rejected[r]])
-            verdict = model.score(u, history_of[u], request).verdict
+            out = model.score(u, history_of[u], request, chains=True)  # placed afresh, too
+            own = Samples.of_chains([out.individual], 2, keep=False).scores[0]
+            near = Samples.of_chains([out.prototype], 2, keep=False).scores[0]
+            verdict = dual_granularity(own, near, len(history_of[u]), model.scaling).verdict
             if array_margins[r] != 0:
                 agree += verdict == int(array_margins[r] < 0)
                 total += 1
@@ -375,19 +352,19 @@ def run(config: ScalingBenchConfig) -> dict:
     history = history.take(range(min(16, len(history))))
     request = np.stack([g.query.chosen[0], g.query.rejected[0]])
     one, eight = (
-        TTSConfig(n=n, m=best.m if n > 1 else 0, alpha=best.alpha, half=best.half)
-        for n in (1, 8)
+        TTSConfig(n=n, m=best.m if n > 1 else 0, alpha=best.alpha, half=best.half) for n in (1, 8)
     )
 
     def score_with(scaling: TTSConfig) -> None:
-        model.scaling = scaling
+        """A server's work for one request: nothing memoised, every draw made afresh."""
+        model.scaling, model.sampler = scaling, MemoSampler(judge)
         model.score(u, history, request)
 
     calls = {
         "sample_rubrics_n1": lambda: judge.sample_rubrics([history], 1, 0),
         "sample_rubrics_n8": lambda: judge.sample_rubrics([history], 8, 0),
-        "sample_chains_n1": lambda: judge.sample_chains([history], request, 1, 0),
-        "sample_chains_n8": lambda: judge.sample_chains([history], request, 8, 0),
+        "sample_chains_n1": lambda: judge.sample([history], request, 1, 0, chains=True),
+        "sample_chains_n8": lambda: judge.sample([history], request, 8, 0, chains=True),
         "score_n1_m0": lambda: score_with(one),
         f"score_n8_m{best.m}": lambda: score_with(eight),
     }
@@ -426,6 +403,7 @@ def run(config: ScalingBenchConfig) -> dict:
         "a=0.0 rows score with the neighbours' rubrics only.\n\n" + "\n\n".join(sections) + "\n\n"
         f"Chain path check: {check}\n\nTiming: {json.dumps(timing)}\n\nPlot: {plot_path}\n"
     )
+    runner.close()
     (config.out_dir / f"scaling_{name}.json").write_text(json.dumps(report, indent=2, default=str))
     (config.out_dir / f"scaling_{name}.md").write_text(text)
     print(text)

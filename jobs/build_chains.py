@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from personal_rm.backends import BackendConfig, SamplingConfig
+from personal_rm.backends import BackendConfig, HeuristicBackendConfig, SamplingConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.pgenrm.chain_data import ChainDataConfig
 from personal_rm.prepare import SplitConfig
@@ -35,7 +35,7 @@ class BuildChainsConfig(ChainDataConfig):
     actor_gpus: float = Field(0.0, description="GPUs per teacher actor (= tensor_parallel_size).")
     batch_size: int = Field(8, description="Comparisons per actor call.")
     address: str | None = Field(None, description="Ray cluster address; default: local.")
-    teacher: BackendConfig = BackendConfig(kind="heuristic")
+    teacher: BackendConfig = HeuristicBackendConfig()
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1536)
     split: SplitConfig = SplitConfig()
 

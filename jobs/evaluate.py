@@ -18,14 +18,11 @@ from pydantic import Field
 from personal_rm.baselines import BaselineConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
-from personal_rm.mrm import MRMConfig
-from personal_rm.pgenrm.prototypes import PrototypeConfig
-from personal_rm.pgenrm.rubric import RubricConfig
-from personal_rm.pgenrm.scaling import TTSConfig
+from personal_rm.methods import MethodsConfig
 from personal_rm.prepare import DataConfig, SplitConfig
 
 
-class EvaluateConfig(DataConfig):
+class EvaluateConfig(DataConfig, MethodsConfig):
     methods: list[str] = Field(
         ["bt_global", "bt_user", "lowrank"], description="Comma-separated method names."
     )
@@ -34,15 +31,20 @@ class EvaluateConfig(DataConfig):
     )
     out: Path = Field(Path("results"), description="Folder for accuracy.json/png and tables.md.")
     n_boot: int = Field(1000, description="Bootstrap resamples of users for the 95% intervals.")
+    seeds: list[int] = Field(
+        [],
+        description="Run every method on each of these user splits (overrides seed) and report "
+        "the mean over seeds, a two-stage (seeds, then users) bootstrap interval and the paired "
+        "difference against --baseline on the same users.",
+    )
+    baseline: str = Field("bt_global", description="Method the --seeds differences are against.")
     split: SplitConfig = SplitConfig()
     baselines: BaselineConfig = BaselineConfig()
-    mrm: MRMConfig = MRMConfig()
-    rubric: RubricConfig = RubricConfig()
-    prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: TTSConfig = TTSConfig()
 
 
 def run(config: EvaluateConfig) -> list[dict]:
+    if config.seeds:
+        return run_seeds(config)
     from tqdm.auto import tqdm
 
     from personal_rm.evaluation import evaluate_method
@@ -80,6 +82,55 @@ def run(config: EvaluateConfig) -> list[dict]:
     (config.out / "tables.md").write_text(text)
     print(text)
     print(f"wrote {config.out}/accuracy.json, accuracy.png, tables.md")
+    return rows
+
+
+def run_seeds(config: EvaluateConfig) -> list[dict]:
+    """Every method on each seed's split; `accuracy_seeds.json` holds the per-seed rows (the
+    usual contract, plus `seed`) and the aggregate rows; `tables_seeds.md`, `seeds.png`."""
+    from personal_rm.evaluation import evaluate_method
+    from personal_rm.methods import build_method
+    from personal_rm.multiseed import aggregate, diff_table, plot_seeds, user_accuracies
+    from personal_rm.prepare import prepare
+    from personal_rm.report import markdown_table
+
+    per_seed_rows, runs = [], []
+    for seed in config.seeds:
+        seeded = config.model_copy(update={"seed": seed})
+        prepared = prepare(seeded, config.split)
+        validation = prepared.validation()
+        run: dict = {}
+        for name in config.methods:
+            method = build_method(name, config)
+            rows = evaluate_method(
+                method,
+                prepared.pairs,
+                prepared.split,
+                config.k,
+                validation=validation,
+                seed=seed,
+                n_boot=config.n_boot,
+            )
+            per_seed_rows += [{**row, "seed": seed} for row in rows]
+            run[name] = user_accuracies(method, prepared.pairs, prepared.split, config.k, seed)
+        runs.append(run)
+    baseline = config.baseline if config.baseline in config.methods else None
+    rows = aggregate(runs, baseline, n_boot=config.n_boot)
+    config.out.mkdir(parents=True, exist_ok=True)
+    result = {"dataset": config.data, "seeds": config.seeds, "rows": rows}
+    result["per_seed"] = per_seed_rows
+    (config.out / "accuracy_seeds.json").write_text(json.dumps(result, indent=2))
+    dump_config(config, config.out / "config.yaml")
+    text = f"## {config.data}: user-level accuracy, mean over seeds {config.seeds}\n\n"
+    text += markdown_table(rows, "user") + "\n"
+    for name in config.methods:
+        if baseline and name != baseline:
+            text += f"\n## {name} - {baseline}, paired, same users\n\n"
+            text += diff_table(rows, name, baseline) + "\n"
+    (config.out / "tables_seeds.md").write_text(text)
+    plot_seeds(rows, config.out / "seeds.png", baseline, title=str(config.data))
+    print(text)
+    print(f"wrote {config.out}/accuracy_seeds.json, tables_seeds.md, seeds.png")
     return rows
 
 

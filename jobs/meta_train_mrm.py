@@ -1,10 +1,13 @@
 """Meta-train MRM on Ray Train and save the selected model.
 
     python -m jobs.meta_train_mrm --train.num_workers 2 --out results/mrm
-    ray job submit --working-dir . -- python -m jobs.meta_train_mrm --config configs/mrm.yaml
+    ray job submit --working-dir . -- \
+        python -m jobs.meta_train_mrm --train.num_workers 4 --train.use_gpu true
 
-Seen users' train rows are sharded across `--train.num_workers` workers; the epoch with the best
-accuracy on the validation users (adapted on `--mrm.val_support` of their comparisons) is kept.
+Seen users are sharded across `--train.num_workers` workers, each holding only its own; every
+meta-step takes one global batch of `--mrm.tasks_per_batch` users, split over the workers, so
+the run does not depend on the number of workers. The epoch with the best accuracy on the
+validation users (adapted on `--mrm.val_support` of their comparisons) is kept.
 Rerunning with the same `--train.name` and `--train.storage_path` resumes from the last
 checkpoint. Writes `model/` (load with `MetaRewardModel.load`), `training.json`,
 `training.png` and `config.yaml` to `--out`.

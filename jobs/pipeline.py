@@ -25,12 +25,9 @@ from pydantic import Field
 from actors.local_ray import connect
 from actors.mrm_trainer import RayTrainConfig
 from personal_rm.baselines import BaselineConfig
-from personal_rm.config import dump_config, load_config, parse_config
+from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
-from personal_rm.mrm import MRMConfig
-from personal_rm.pgenrm.prototypes import PrototypeConfig
-from personal_rm.pgenrm.rubric import RubricConfig
-from personal_rm.pgenrm.scaling import TTSConfig
+from personal_rm.methods import MethodsConfig
 from personal_rm.prepare import DataConfig, SplitConfig
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "pipeline_quick.yaml"
@@ -43,7 +40,7 @@ DEPENDS = {
 }
 
 
-class PipelineConfig(DataConfig):
+class PipelineConfig(DataConfig, MethodsConfig):
     out: Path = Field(Path("results/pipeline"), description="Stage caches and final results.")
     quick: bool = Field(False, description=f"Start from {QUICK.name}: a small, fast run.")
     k: list[KShot] = Field([0, 2, 4, 8, 16], description="Support sizes for unseen users.")
@@ -53,11 +50,7 @@ class PipelineConfig(DataConfig):
     port: int = Field(8000, description="Port of the Serve app (127.0.0.1).")
     split: SplitConfig = SplitConfig()
     baselines: BaselineConfig = BaselineConfig()
-    mrm: MRMConfig = MRMConfig()
     train: RayTrainConfig = RayTrainConfig()
-    rubric: RubricConfig = RubricConfig()
-    prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: TTSConfig = TTSConfig(alpha="adaptive")
 
 
 def stage_key(config: PipelineConfig, stage: str) -> str:
@@ -142,20 +135,14 @@ class Pipeline:
 
     def prototypes(self) -> None:
         from personal_rm.embed import CachedEncoder, MiniLMEncoder
-        from personal_rm.serving.state import StateConfig, build_state, save_state
+        from personal_rm.serving.state import build_state, save_state
 
         def compute() -> list[dict]:
             encoder = CachedEncoder(MiniLMEncoder(), self.config.cache_dir)
-            state = StateConfig(
-                rubric=self.config.rubric,
-                mrm=self.config.mrm,
-                prototypes=self.config.prototypes,
-                scaling=self.config.scaling,
-            )
             router, shards = build_state(
                 self.prepared.seen_train(),
                 self.prepared.validation(),
-                state,
+                self.config,
                 encoder,
                 self.mrm_model,
             )
@@ -195,7 +182,6 @@ class Pipeline:
             "state_dir": self.config.out / "state",
             "store_path": self.config.out / "feedback.sqlite3",
             "cache_dir": self.config.cache_dir,
-            "scaling": self.config.scaling,
         }
         serve_config = ServeJobConfig(port=self.config.port, app=app)
         seed_store(serve_config.app.store_path, self.prepared.source)
@@ -229,22 +215,13 @@ class Pipeline:
             ray.shutdown()
 
 
+def quick_preset(config: PipelineConfig) -> Path | None:
+    """`--quick true` puts the quick file under whatever else was given."""
+    return QUICK if config.quick else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(PipelineConfig, argv, description=__doc__)
-    if config.quick:  # the quick file under whatever was given explicitly
-        given = config.model_dump(exclude_unset=True)
-        config = load_config(PipelineConfig, QUICK, overrides=flatten(given))
-    Pipeline(config).run()
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    Pipeline(parse_config(PipelineConfig, argv, description=__doc__, preset=quick_preset)).run()
 
 
 if __name__ == "__main__":

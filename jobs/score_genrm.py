@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from personal_rm.backends import BackendConfig, SamplingConfig
+from personal_rm.backends import BackendConfig, SamplingConfig, TransformersBackendConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.pgenrm.chain_data import ChainDataConfig
 from personal_rm.prepare import SplitConfig
@@ -34,7 +34,7 @@ class ScoreGenRMConfig(ChainDataConfig):
     )
     max_comparisons: int | None = Field(None, description="Only the first N per user group.")
     batch_size: int = Field(16, description="Comparisons per backend call (progress steps).")
-    backend: BackendConfig = BackendConfig()
+    backend: BackendConfig = TransformersBackendConfig()
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1536)
     split: SplitConfig = SplitConfig()
 
@@ -48,7 +48,7 @@ def run(config: ScoreGenRMConfig) -> dict:
 
     comparisons, split = load_split(config, config.split)
     backend = build_backend(config.backend)
-    report = {"backend": config.backend.kind, "model": config.backend.model, "n": config.n}
+    report = {"backend": config.backend.model_dump(), "n": config.n}
     for group in config.users:
         users = split.seen_users if group == "seen" else split.unseen_users
         test = select(comparisons, split, split.test, users)[: config.max_comparisons]

@@ -27,28 +27,19 @@ from pydantic import Field, field_validator, model_validator
 from actors.tuner import SweepSettings
 from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
+from personal_rm.methods import MethodsConfig
 from personal_rm.mrm import MRMConfig
 from personal_rm.pgenrm.prototypes import PrototypeConfig
 from personal_rm.prepare import DataConfig, Prepared, SplitConfig
-from personal_rm.serving.state import StateConfig
 from personal_rm.tuning import DEFAULT_SPACE, SearchSpace, check_space, plain
 
 BUDGET_LABELS = {0.0: "M = 0 (individual only)", 0.25: "M = (N+M) / 4", 0.5: "M = (N+M) / 2"}
 # 30 epochs keep a trial to minutes on CPU. Prototypes from preferences: the one representation
 # that a trial and the server compute identically (the server's chain representation embeds
 # the rubric judge's chains; a trial would embed MRM's).
-BASE_STATE = StateConfig(
+BASE_STATE = MethodsConfig(
     mrm=MRMConfig(epochs=30), prototypes=PrototypeConfig(representation="preference")
 )
-
-
-def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`update` laid over `base` key by key, at every depth."""
-    out = dict(base)
-    for key, value in update.items():
-        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = merged(base[key], value) if nested else value
-    return out
 
 
 class SweepConfig(DataConfig):
@@ -69,7 +60,7 @@ class SweepConfig(DataConfig):
         [2, 4, 8, 16, 32], description="N+M chain budgets of the accuracy-vs-budget plot."
     )
     split: SplitConfig = SplitConfig()
-    state: StateConfig = Field(
+    state: MethodsConfig = Field(
         BASE_STATE,
         description="The base config: trial 0, and whatever the search space leaves fixed.",
     )
@@ -79,13 +70,6 @@ class SweepConfig(DataConfig):
         description="Dotted state keys, each with one of choice/grid/uniform/loguniform/randint "
         "(YAML, or a YAML string on the command line).",
     )
-
-    @field_validator("state", mode="before")
-    @classmethod
-    def _onto_base_state(cls, value: Any) -> Any:
-        """A partial `state` (YAML, flags) changes only the keys it names: pydantic alone would
-        rebuild whole sections from StateConfig's defaults, dropping the sweep's."""
-        return merged(BASE_STATE.model_dump(), value) if isinstance(value, dict) else value
 
     @field_validator("search_space", mode="before")
     @classmethod
@@ -148,7 +132,7 @@ def trials_table(trials: Sequence[dict[str, Any]], space: SearchSpace) -> str:
 
 
 def plot_slices(
-    lines: dict[str, list[dict]], state: StateConfig, best: float, out: Path, name: str
+    lines: dict[str, list[dict]], state: MethodsConfig, best: float, out: Path, name: str
 ) -> None:
     """sweep_k.png and sweep_budget.png: validation accuracy along each slice; a star marks
     the best trial (`state`, scoring `best`)."""
@@ -197,9 +181,9 @@ def plot_slices(
     )
 
 
-def serve_config(config: SweepConfig, state: StateConfig) -> Any:
-    """The winner as a `jobs.serve` config: same data and split, its own state folder (a
-    stale state from another config is never served) and request defaults."""
+def serve_config(config: SweepConfig, state: MethodsConfig) -> Any:
+    """The winner as a `jobs.serve` config: same data and split, and its own state folder (a
+    stale state from another config is never served); requests default to its N and M."""
     from serve_app.deploy import ServeJobConfig
 
     data = config.model_dump(include=set(DataConfig.model_fields))
@@ -207,7 +191,6 @@ def serve_config(config: SweepConfig, state: StateConfig) -> Any:
         "state_dir": config.out / "sweep_state",
         "store_path": config.out / "sweep_feedback.sqlite3",
         "cache_dir": config.cache_dir,
-        "scaling": state.scaling,
     }
     return ServeJobConfig(**data, split=config.split, state=state, app=app)
 

@@ -19,16 +19,14 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from actors.genrm_trainer import GenRMRayConfig
-from personal_rm.config import dump_config, parse_config
+from personal_rm.config import Config, dump_config, parse_config
 from personal_rm.pgenrm.training import GRPOConfig, SFTConfig
 
 
-class TrainGenRMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainGenRMConfig(Config):
     model: str = Field(..., description="Hugging Face model folder (or hub name) to start from.")
     chains: Path = Field(
         Path("results/chains/chains.jsonl"), description="Chain rows from jobs.build_chains."

@@ -15,17 +15,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import GroupKFold
 
+from personal_rm.config import Config
+from personal_rm.data.splits import user_rng
 from personal_rm.features import PairSet
 from personal_rm.reward import LinearReward
 
 
-class BaselineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BaselineConfig(Config):
     global_cs: int = Field(
         8, description="Grid size of inverse regularisation strengths for global BT CV."
     )
@@ -42,7 +42,62 @@ class BaselineConfig(BaseModel):
         0.1, description="Pull of a new user's simplex logits towards the seen users' mean."
     )
     max_iter: int = Field(200, description="L-BFGS iterations for the per-user and low-rank fits.")
+    # Validation tuning, the same budget mrm_shrunk gets (a grid per support size, judged on
+    # validation users' support/query redraws, never on test users).
+    tune: bool = Field(
+        True,
+        description="Given validation users, choose user_l2 per support size and rank from "
+        "the grids below; the fixed values above are used only without validation users.",
+    )
+    user_l2_grid: list[float] = Field(
+        [0.03, 0.1, 0.3, 1.0, 2.0, 4.0, 10.0, 30.0],
+        description="Candidate prior precisions for bt_user (2 was too strong on jester).",
+    )
+    rank_grid: list[int] = Field([1, 2, 4, 8], description="Candidate LoRe ranks.")
+    tune_buckets: list[int] = Field([2, 4, 8, 16], description="Support sizes tuned at.")
+    tune_draws: int = Field(5, ge=1, description="Support/query redraws per validation user.")
     seed: int = 0
+
+
+def bucket_of(n_rows: int, buckets: Sequence[int]) -> int:
+    """The largest support size in `buckets` (sorted, starting at 0) that n_rows reaches."""
+    return max(b for b in buckets if b <= n_rows)
+
+
+def validation_episodes(
+    validation: PairSet, buckets: Sequence[int], draws: int, seed: int = 0
+) -> dict[int, list[tuple[PairSet, PairSet]]]:
+    """Per support size k: `draws` random (support, query) splits of the validation users,
+    each user with more than k rows giving k support rows and the rest as query. Model
+    selection at k is judged on these, never on test users."""
+    by_user = sorted(validation.rows_by_user().items())
+    out: dict[int, list[tuple[PairSet, PairSet]]] = {}
+    for k in buckets:
+        out[k] = []
+        for draw in range(draws):
+            support, query = [], []
+            for user, rows in by_user:
+                if len(rows) <= k:
+                    continue
+                rows = user_rng(seed * 1000 + draw, user).permutation(rows)
+                support.append(rows[:k])
+                query.append(rows[k:])
+            if query:
+                sup = np.concatenate(support).astype(np.int64)
+                out[k].append((validation.take(sup), validation.take(np.concatenate(query))))
+    return out
+
+
+def validation_accuracy(personalize, episodes: list[tuple[PairSet, PairSet]]) -> float:
+    """User-level accuracy over `episodes` of one support size: each user's mean over draws."""
+    from personal_rm.reward import margins
+
+    correct: dict[str, list[float]] = {}
+    for support, query in episodes:
+        ok = margins(personalize(support, query.users()), query) > 0
+        for user, rows in query.rows_by_user().items():
+            correct.setdefault(user, []).append(float(ok[rows].mean()))
+    return float(np.mean([np.mean(v) for v in correct.values()])) if correct else float("nan")
 
 
 def differences(pairs: PairSet) -> np.ndarray:
@@ -106,11 +161,37 @@ class PerUserBT:
         self.config = config or BaselineConfig()
 
     def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
+        """The global reward as prior; with validation users, user_l2 per support size."""
         self.prior = fit_global_theta(train, self.config)
+        self.l2_by_bucket = {0: self.config.user_l2}
+        if not (self.config.tune and validation is not None and len(validation)):
+            return
+        buckets = sorted(self.config.tune_buckets)
+        episodes = validation_episodes(validation, buckets, self.config.tune_draws)
+        for k in buckets:
+            if len(episodes[k]) and len(episodes[k][0][1].users()) >= 5:
+                score = {
+                    l2: validation_accuracy(lambda s, u, l2=l2: self._fit(s, u, l2), episodes[k])
+                    for l2 in self.config.user_l2_grid
+                }
+                self.l2_by_bucket[k] = max(score, key=score.get)
+            else:  # too few validation users with k rows: keep the choice below
+                self.l2_by_bucket[k] = self.l2_by_bucket[max(self.l2_by_bucket)]
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
+        buckets = sorted(self.l2_by_bucket)
+        counts = {u: len(r) for u, r in support.rows_by_user().items()}
+        l2 = {u: self.l2_by_bucket[bucket_of(counts.get(u, 0), buckets)] for u in users}
+        return self._fit(support, users, l2)
+
+    def _fit(
+        self, support: PairSet, users: Sequence[str], l2: float | Mapping[str, float]
+    ) -> dict[str, LinearReward]:
         """All users at once: the objective is a sum of independent per-user problems."""
         users = list(users)
+        precision = torch.as_tensor(
+            [l2[u] if isinstance(l2, Mapping) else l2 for u in users], dtype=torch.float64
+        )
         diff = torch.as_tensor(differences(support))
         index = user_index(support, users)
         prior = torch.as_tensor(self.prior)
@@ -118,7 +199,7 @@ class PerUserBT:
 
         def loss() -> torch.Tensor:
             margin = diff @ prior + (diff * delta[index]).sum(1)
-            penalty = 0.5 * self.config.user_l2 * delta.square().sum()
+            penalty = 0.5 * (precision[:, None] * delta.square()).sum()
             return torch.nn.functional.softplus(-margin).sum() + penalty
 
         if len(support):
@@ -134,17 +215,32 @@ class LowRankBT:
         self.config = config or BaselineConfig()
 
     def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
+        """With validation users, the rank of the grid whose validation accuracy (mean over the
+        tuned support sizes) is highest; without, `config.rank`."""
+        self.rank = self.config.rank
+        if self.config.tune and validation is not None and len(validation):
+            episodes = validation_episodes(
+                validation, self.config.tune_buckets, self.config.tune_draws
+            )
+            score = {}
+            for rank in self.config.rank_grid:
+                self.fit_rank(train, rank)
+                score[rank] = np.nanmean(
+                    [validation_accuracy(self.personalize, e) for e in episodes.values() if e]
+                )
+            self.rank = max(score, key=score.get)
+        self.fit_rank(train, self.rank)
+
+    def fit_rank(self, train: PairSet, rank: int) -> None:
         """Basis and seen users' weights jointly; the basis starts near the global reward."""
         generator = torch.Generator().manual_seed(self.config.seed)
         users = train.users()
         diff = torch.as_tensor(differences(train))
         index = user_index(train, users)
         start = torch.as_tensor(fit_global_theta(train, self.config))
-        noise = torch.randn(
-            self.config.rank, diff.shape[1], generator=generator, dtype=torch.float64
-        )
+        noise = torch.randn(rank, diff.shape[1], generator=generator, dtype=torch.float64)
         basis = (start + noise * start.norm() / diff.shape[1] ** 0.5).requires_grad_(True)
-        logits = torch.zeros(len(users), self.config.rank, dtype=torch.float64, requires_grad=True)
+        logits = torch.zeros(len(users), rank, dtype=torch.float64, requires_grad=True)
 
         def loss() -> torch.Tensor:
             user_theta = torch.softmax(logits, -1) @ basis

@@ -1,4 +1,5 @@
-"""Method names, as used on the command line and in `accuracy.json`, mapped to models."""
+"""Method names, as used on the command line and in `accuracy.json`, mapped to models, and
+the one config model of their settings."""
 
 from __future__ import annotations
 
@@ -6,8 +7,25 @@ from collections.abc import Callable
 from typing import Any
 
 from personal_rm.baselines import GlobalBT, LowRankBT, PerUserBT
-from personal_rm.mrm import VARIANTS, MetaRewardModel
+from personal_rm.config import Config
+from personal_rm.mrm import PAPER_RECIPE, VARIANTS, MetaRewardModel, MRMConfig
+from personal_rm.pgenrm.prototypes import PrototypeConfig
+from personal_rm.pgenrm.rubric import RubricConfig
+from personal_rm.pgenrm.scaling import TTSConfig
 from personal_rm.reward import RewardModel
+from personal_rm.shrinkage import ShrinkageConfig, ShrunkMRM
+
+
+class MethodsConfig(Config):
+    """The personalized methods' settings, one section each. Every job that fits or serves
+    them (evaluate, pipeline, serve, sweep) holds this one model, so each runs the defaults
+    that were validated, from the one place they are set: the sections' own classes."""
+
+    mrm: MRMConfig = MRMConfig()
+    rubric: RubricConfig = RubricConfig()
+    prototypes: PrototypeConfig = PrototypeConfig()
+    scaling: TTSConfig = TTSConfig()
+    shrinkage: ShrinkageConfig = ShrinkageConfig()
 
 
 def _rubric(config: Any) -> Any:
@@ -35,6 +53,10 @@ METHODS: dict[str, Callable[[Any], RewardModel]] = {
         )
         for name in VARIANTS
     },
+    "mrm_shrunk": lambda config: ShrunkMRM(config.mrm, config.shrinkage, config.baselines),
+    "mrm_paper": lambda config: MetaRewardModel(
+        config.mrm.model_copy(update=PAPER_RECIPE), name="mrm_paper"
+    ),
     "rubric": _rubric,
     "rubric_tts": _rubric_tts,
 }

@@ -10,15 +10,20 @@ comparisons (the inner loop) give a good reward on that user's other comparisons
 loop, MAML). The Robust Personalization Objective (RPO) reweights the outer loss towards the
 hardest users of each meta-batch so the model is not tuned for the easy majority only.
 
-Layout, top to bottom: config -> network -> losses (BT, RPO) -> inner loop -> meta-batch loss
--> training loop -> fast adaptation -> `MetaRewardModel` (the `RewardModel` protocol) -> I/O.
-The training loop is single-process; a Ray Train worker reuses it through `grad_sync`.
+Layout, top to bottom: config -> network -> losses (BT, RPO) -> episodes -> the per-user
+objectives (MAML's inner loop and query loss; the no-meta ablation's multi-task loss) ->
+training loop -> fast adaptation -> `MetaRewardModel` (the `RewardModel` protocol) -> I/O.
+
+The logits only ever see a comparison through its base margins b(chosen) - b(rejected), (K,),
+so the inner loop is a pure function of those margins, computed once per batch: adapting
+mutates nothing, and threads can adapt users concurrently. The training loop runs in one
+process or, given its shard of the users and an `all_reduce`, in a data-parallel worker
+(`actors/mrm_trainer.py`) that takes exactly the steps a single process would.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +33,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from personal_rm.artefacts import Format, load_tensors, save_tensors
 from personal_rm.baselines import BaselineConfig, fit_global_theta
+from personal_rm.config import Config
 from personal_rm.features import PairSet
 from personal_rm.reward import LinearReward, UserReward
 
@@ -40,41 +46,17 @@ from personal_rm.reward import LinearReward, UserReward
 # Config
 
 
-class MRMConfig(BaseModel):
-    """Every knob of MRM and its ablations; defaults follow the paper's released runs except
-    where a description says why not (tuned on validation users of a held-out split)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Base reward functions.
-    num_bases: int = Field(
-        16,
-        ge=1,
-        description="K. The paper's runs use 2, but then a user can only move along a segment; "
-        "on jester (held-out split) K=16 gave +13-15 points at k=8 over K=2; on llmfao and "
-        "global_dialogues K made no measurable difference.",
-    )
-    head: Literal["linear", "mlp"] = Field(
-        "linear", description="Linear heads as in the paper; mlp for nonlinear bases."
-    )
-    hidden: int = Field(64, ge=1, description="MLP hidden width per base; small, data is small.")
-    init: Literal["global", "random"] = Field(
-        "global",
-        description="Linear heads start at the global BT reward plus noise, so w0's mixture is "
-        "the well-regularised global model and meta-training learns only how users deviate "
-        "from it (with K=2 on llmfao, random heads were 5 points below global BT on seen "
-        "users; at K=16 the init mattered little); 'random' is the paper's init and the one "
-        "MLP heads always use.",
-    )
-    init_noise: float = Field(
-        0.3,
-        ge=0,
-        description="Each head's offset from the global reward, relative to its norm: enough to "
-        "break the symmetry between heads, small enough that the start is the global model.",
-    )
+class MetaLearningConfig(Config):
+    """The meta-learning loop over a mixture of base rewards (MAML, with RPO), shared by MRM
+    and the rubric judge; defaults follow the paper's released runs except where a description
+    says why not (tuned on validation users of a held-out split)."""
 
     # Ablations (same code path, different switches).
-    meta: bool = Field(True, description="False = mrm_no_meta: multi-task joint training.")
+    meta: bool = Field(
+        True,
+        description="False: multi-task training of the heads jointly with free per-user logits, "
+        "no inner loop (the mrm_no_meta ablation).",
+    )
     rpo: bool = Field(True, description="False = mrm_no_rpo: plain MAML (uniform user weights).")
     rpo_rho: float = Field(0.5, gt=0, le=1, description="Hard-user fraction; paper uses 0.5.")
     rpo_gamma: float = Field(
@@ -113,17 +95,61 @@ class MRMConfig(BaseModel):
     val_support: int = Field(8, ge=0, description="k for validation users: mid support range.")
 
     @model_validator(mode="after")
-    def _check(self) -> MRMConfig:
+    def _check(self) -> MetaLearningConfig:
         if self.support_min > self.support_max:
             raise ValueError("support_min must be <= support_max")
         return self
 
 
-# Named ablations: a variant is a config override, never a code fork.
+class MRMConfig(MetaLearningConfig):
+    """MRM: the loop above, over K base reward functions of its own."""
+
+    num_bases: int = Field(
+        16,
+        ge=1,
+        description="K. The paper's runs use 2, but then a user can only move along a segment; "
+        "on jester (held-out split) K=16 gave +13-15 points at k=8 over K=2; on llmfao and "
+        "global_dialogues K made no measurable difference.",
+    )
+    head: Literal["linear", "mlp"] = Field(
+        "linear", description="Linear heads as in the paper; mlp for nonlinear bases."
+    )
+    hidden: int = Field(64, ge=1, description="MLP hidden width per base; small, data is small.")
+    init: Literal["global", "random"] = Field(
+        "global",
+        description="Linear heads start at the global BT reward plus noise, so w0's mixture is "
+        "the well-regularised global model and meta-training learns only how users deviate "
+        "from it (with K=2 on llmfao, random heads were 5 points below global BT on seen "
+        "users; at K=16 the init mattered little); 'random' is the paper's init and the one "
+        "MLP heads always use.",
+    )
+    init_noise: float = Field(
+        0.3,
+        ge=0,
+        description="Each head's offset from the global reward, relative to its norm: enough to "
+        "break the symmetry between heads, small enough that the start is the global model.",
+    )
+
+
+# Named ablations: a variant is a config override, never a code fork. Each differs from the one
+# above it in one thing: mrm_no_rpo is MRM without RPO (plain MAML), and mrm_no_meta is plain
+# MAML without the meta-learning (multi-task training); RPO stays off there too, so that the
+# ablation measures meta-learning alone.
 VARIANTS: dict[str, dict[str, Any]] = {
     "mrm": {},
     "mrm_no_rpo": {"rpo": False},
-    "mrm_no_meta": {"meta": False},
+    "mrm_no_meta": {"meta": False, "rpo": False},
+}
+
+# `mrm_paper`, not an ablation but the authors' recipe on our features: K=2 bases, each a
+# one-hidden-layer MLP from a random init, their outer lr (1e-3) at 2 users per meta-step;
+# inner loop, RPO and epochs as in MRMConfig.
+PAPER_RECIPE: dict[str, Any] = {
+    "num_bases": 2,
+    "head": "mlp",
+    "init": "random",
+    "outer_lr": 1e-3,
+    "tasks_per_batch": 2,
 }
 
 
@@ -134,10 +160,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 class MRMNet(nn.Module):
     """The meta-parameters: K base reward heads on frozen features and the initial logits w0.
 
-    `forward` returns pairwise margins under the logits stored in `w0`. To evaluate users, swap
-    `w0` for a (B, K) table of per-user logits with `functional_call` (see `user_margins`); row i
-    then uses the logits of user `user[i]`. That is MAML's functional view: adapted parameters
-    are the same slot filled with different values.
+    A user's adapted logits are not stored here: they are plain tensors passed to the pure
+    functions below (`inner_loop`, `mixture_margins`), so the module is read-only while users
+    adapt.
     """
 
     def __init__(self, dim: int, config: MRMConfig) -> None:
@@ -166,13 +191,6 @@ class MRMNet(nn.Module):
         hidden = F.gelu(torch.einsum("nd,khd->nkh", x, self.w1) + self.b1)
         return torch.einsum("nkh,kh->nk", hidden, self.w2)
 
-    def forward(self, chosen: Tensor, rejected: Tensor, user: Tensor | None = None) -> Tensor:
-        """Margin r(chosen) - r(rejected) per row, (n,)."""
-        mix = torch.softmax(self.w0, dim=-1)
-        if mix.dim() == 2:  # per-user logits swapped in
-            mix = mix[user]
-        return ((self.bases(chosen) - self.bases(rejected)) * mix).sum(-1)
-
 
 def build_net(train: PairSet, config: MRMConfig) -> MRMNet:
     """A fresh net whose input scale is set from the training features (RMS -> 1).
@@ -195,11 +213,18 @@ def build_net(train: PairSet, config: MRMConfig) -> MRMNet:
     return net
 
 
-def user_margins(
-    net: MRMNet, logits: Tensor, chosen: Tensor, rejected: Tensor, user: Tensor
-) -> Tensor:
-    """Margins of each row under its user's logits: the net with `w0 := logits` (B, K)."""
-    return functional_call(net, {"w0": logits}, (chosen, rejected, user))
+def base_margins(net: MRMNet, chosen: Tensor, rejected: Tensor) -> Tensor:
+    """(n, K) b_k(chosen) - b_k(rejected): all that the mixture logits see of a comparison."""
+    return net.bases(chosen) - net.bases(rejected)
+
+
+def mixture_margins(logits: Tensor, margins: Tensor, user: Tensor) -> Tensor:
+    """Margin r_u(chosen) - r_u(rejected) of row i under its user's mixture, (n,).
+
+    `logits` (B, K) holds one row per user, `margins` (n, K) are base margins and `user` (n,)
+    maps each row to its user.
+    """
+    return (torch.softmax(logits, dim=-1)[user] * margins).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +253,14 @@ def rpo_weights(losses: Tensor, rho: float, gamma: float, *, normalize: bool = T
     hard = gamma <= 0
     w = (losses >= tau).to(losses.dtype) if hard else torch.sigmoid((losses - tau) / gamma)
     return w / w.sum() if normalize else w
+
+
+def user_weights(losses: Tensor, config: MRMConfig) -> Tensor:
+    """Each user's weight in the outer objective of a meta-batch, (B,), summing to one: RPO's,
+    or uniform (plain MAML). Always of the whole meta-batch, never of a worker's share."""
+    if config.rpo:
+        return rpo_weights(losses, config.rpo_rho, config.rpo_gamma)
+    return torch.full_like(losses.detach(), 1.0 / len(losses))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +293,13 @@ def tasks_from_pairs(pairs: PairSet) -> list[Task]:
     return [Task(u, pairs.chosen[r], pairs.rejected[r]) for u, r in sorted(by_user.items())]
 
 
+def trainable_tasks(tasks: Sequence[Task | None], config: MRMConfig) -> list[Task | None]:
+    """The users with enough rows to train on: a support / query split needs two, multi-task
+    training one. `None` (a user another worker holds, filtered before sharding) is kept."""
+    min_rows = 2 if config.meta else 1
+    return [t for t in tasks if t is None or len(t) >= min_rows]
+
+
 def sample_episode(task: Task, rng: np.random.Generator, config: MRMConfig) -> Episode:
     """Random split with k ~ U{support_min..support_max}, leaving at least one query row."""
     order = rng.permutation(len(task))
@@ -271,23 +311,25 @@ def sample_episode(task: Task, rng: np.random.Generator, config: MRMConfig) -> E
 
 
 def _stack(
-    parts: Sequence[tuple[np.ndarray, np.ndarray]], dtype: torch.dtype
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], like: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Concatenate per-user (chosen, rejected) arrays into tensors plus a row->user index."""
+    """Concatenate per-user (chosen, rejected) arrays into tensors plus a row->user index, on
+    the dtype and device of `like`."""
     user = np.concatenate([np.full(len(c), i) for i, (c, _) in enumerate(parts)])
-    chosen = torch.as_tensor(np.concatenate([c for c, _ in parts]), dtype=dtype)
-    rejected = torch.as_tensor(np.concatenate([r for _, r in parts]), dtype=dtype)
-    return chosen, rejected, torch.as_tensor(user, dtype=torch.long)
+    chosen, rejected = (
+        torch.as_tensor(np.concatenate(arrays), dtype=like.dtype, device=like.device)
+        for arrays in zip(*parts, strict=True)
+    )
+    return chosen, rejected, torch.as_tensor(user, dtype=torch.long, device=like.device)
 
 
 # ---------------------------------------------------------------------------------------------
-# Inner loop and meta-batch loss
+# Per-user objectives: MRM's (inner loop, then query loss) and the no-meta ablation's
 
 
 def inner_loop(
-    net: MRMNet,
-    chosen: Tensor,
-    rejected: Tensor,
+    w0: Tensor,
+    margins: Tensor,
     user: Tensor,
     num_users: int,
     config: MRMConfig,
@@ -296,49 +338,57 @@ def inner_loop(
 ) -> Tensor:
     """Adapt every user's logits from w0 with `inner_steps` SGD steps on their support rows.
 
-    All users of a batch adapt at once: the support losses are summed, and since user u's loss
-    depends only on row u of the logits, each row receives exactly its own user's gradient.
-    With `create_graph` the steps stay differentiable (second-order MAML); without it the
-    step directions are constants, which is first-order MAML. Returns (B, K) logits.
+    `margins` (n, K) are the support rows' base margins, computed once: they do not depend on
+    the logits. All users of a batch adapt at once: the support losses are summed, and since
+    user u's loss depends only on row u of the logits, each row receives exactly its own
+    user's gradient. With `create_graph` the steps stay differentiable, in w0 and, through
+    `margins`, in the bases (second-order MAML); without it the step directions are
+    constants, which is first-order MAML. A pure function: returns (B, K) logits.
     """
     with torch.enable_grad():  # adaptation needs gradients even when called under no_grad
-        logits = net.w0.expand(num_users, -1)
+        logits = w0.expand(num_users, -1)
         if not logits.requires_grad:  # w0 frozen (serving): adapt a detached copy
             logits = logits.detach().requires_grad_()
         for _ in range(config.inner_steps):
-            margins = user_margins(net, logits, chosen, rejected, user)
-            loss = per_user_bt_loss(margins, user, num_users).sum()
+            margins_u = mixture_margins(logits, margins, user)
+            loss = per_user_bt_loss(margins_u, user, num_users).sum()
             (grad,) = torch.autograd.grad(loss, logits, create_graph=create_graph)
             logits = logits - config.inner_lr * grad
     return logits
 
 
-def meta_batch_loss(
-    net: MRMNet,
-    episodes: Sequence[Episode],
-    config: MRMConfig,
-    user_logits: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Outer objective of one meta-batch, and each user's (detached) query loss.
+def maml_losses(net: MRMNet, episodes: Sequence[Episode], config: MRMConfig) -> Tensor:
+    """MRM's per-user outer loss, (B,): the BT loss on each user's query rows after adapting
+    w0 on their support rows."""
+    num_users = len(episodes)
+    sc, sr, su = _stack([(e.support_chosen, e.support_rejected) for e in episodes], net.w0)
+    support = base_margins(net, sc, sr)
+    second_order = not config.first_order
+    if not second_order:  # first-order MAML: no gradient flows through the adaptation
+        support = support.detach()
+    logits = inner_loop(net.w0, support, su, num_users, config, create_graph=second_order)
+    qc, qr, qu = _stack([(e.query_chosen, e.query_rejected) for e in episodes], net.w0)
+    query = mixture_margins(logits, base_margins(net, qc, qr), qu)
+    return per_user_bt_loss(query, qu, num_users)
 
-    MRM: adapt each user on their support, score their query, combine with RPO weights.
-    No-meta ablation (`config.meta` False): the users' logits are free parameters
-    `user_logits` (B, K) and the query is all of their rows; no inner loop.
-    """
-    dtype, num_users = net.w0.dtype, len(episodes)
-    if config.meta:
-        sup = _stack([(e.support_chosen, e.support_rejected) for e in episodes], dtype)
-        logits = inner_loop(net, *sup, num_users, config, create_graph=not config.first_order)
-    else:
-        assert user_logits is not None, "meta=False trains per-user logits: pass user_logits"
-        logits = user_logits
-    qc, qr, qu = _stack([(e.query_chosen, e.query_rejected) for e in episodes], dtype)
-    losses = per_user_bt_loss(user_margins(net, logits, qc, qr, qu), qu, num_users)
-    if config.rpo:
-        weights = rpo_weights(losses, config.rpo_rho, config.rpo_gamma)
-    else:
-        weights = torch.full_like(losses, 1.0 / num_users)
-    return (weights * losses).sum(), losses.detach()
+
+def multitask_losses(net: MRMNet, logits: Tensor, tasks: Sequence[Task]) -> Tensor:
+    """The no-meta ablation's per-user loss, (B,): the BT loss on all of each user's rows
+    under their own free logits (B, K), fitted jointly with the heads. No inner loop and
+    nothing held out: that is what meta-learning adds."""
+    chosen, rejected, user = _stack([(t.chosen, t.rejected) for t in tasks], net.w0)
+    margins = mixture_margins(logits, base_margins(net, chosen, rejected), user)
+    return per_user_bt_loss(margins, user, len(tasks))
+
+
+def meta_batch_loss(
+    net: MRMNet, episodes: Sequence[Episode], config: MRMConfig
+) -> tuple[Tensor, Tensor]:
+    """MRM's outer objective of one meta-batch, sum_u w_u L_u with RPO (or uniform) weights
+    w_u, and each user's (detached) query loss L_u. `meta_train` computes the same objective
+    with the meta-batch spread over workers."""
+    losses = maml_losses(net, episodes, config)
+    return (user_weights(losses, config) * losses).sum(), losses.detach()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,74 +412,101 @@ def cosine_lr(step: int, total: int, base_lr: float) -> float:
 
 def meta_train(
     net: MRMNet,
-    tasks: Sequence[Task],
+    tasks: Sequence[Task | None],
     config: MRMConfig,
     *,
     optimizer: torch.optim.Optimizer | None = None,
     user_logits: nn.Parameter | None = None,
     start_epoch: int = 0,
-    steps_per_epoch: int | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    grad_sync: Callable[[MRMNet], None] | None = None,
+    all_reduce: Callable[[list[Tensor]], None] | None = None,
 ) -> torch.optim.Optimizer:
     """Meta-train `net` on `tasks` (seen users) for epochs [start_epoch, config.epochs).
 
-    Distributed use: give each worker a shard of the users, the same `steps_per_epoch` (so
-    workers stay in lockstep; a short shard cycles through its users) and a `grad_sync` that
-    all-reduces (averages) the gradients of `net`. It runs after backward and before clipping
-    and the optimizer step, so every worker clips and applies the same gradient. RPO's
-    quantile is then taken per worker batch, an approximation of the global batch quantile.
+    Each epoch is one permutation of the users, seeded by (seed, epoch), cut into meta-batches
+    of `tasks_per_batch` users (the last one topped up from the start); a user's episode is
+    seeded by (seed, epoch, position in the permutation). Each step: per-user losses L_u,
+    outer objective sum_u w_u L_u (`user_weights` of the meta-batch), an Adam step on the
+    clipped gradient, with the lr cosine-decayed as a pure function of the step.
 
-    Resume: pass the restored `optimizer` and `start_epoch` = last finished epoch + 1. Episodes
-    are drawn from a generator seeded by (seed, epoch) and the lr is a pure function of the
-    step, so a resumed run repeats the original exactly. `on_epoch(epoch, metrics)` is called
-    after each (0-based) epoch, for reporting, checkpointing or model selection.
+    Data parallel: a worker passes the full-length `tasks` with `None` for the users other
+    workers hold, and an `all_reduce` that sums tensors over workers in place. A worker
+    computes the losses of its own users in each meta-batch; the (B,) losses of the
+    meta-batch are summed so that every worker weights the whole meta-batch (RPO's quantile is
+    global), its objective is its share of the global one, and the gradients are summed. So
+    N workers take the steps one process takes, up to float rounding.
 
-    No-meta ablation: `user_logits` (len(tasks), K) are trained jointly with the heads (created
-    if not given; pass it, with the optimizer built over it, to resume); w0 is kept at their
-    mean. They are local to a worker, so a distributed wrapper should average w0 at the end.
-    Returns the optimizer (its state is what a checkpoint needs besides `net`).
+    Resume: pass the restored `optimizer` (and `user_logits`) and `start_epoch` = last finished
+    epoch + 1; the resumed run repeats the original exactly. `on_epoch(epoch, metrics)` is
+    called after each (0-based) epoch, for reporting, checkpointing or model selection.
+
+    No-meta ablation (`config.meta` False): `user_logits` (len(tasks), K), one row per user,
+    created if not given, are trained jointly with the heads, and w0 is kept at their mean (the
+    cold-start user). Returns the optimizer (its state is what a checkpoint needs besides
+    `net` and `user_logits`).
     """
-    tasks = [t for t in tasks if len(t) >= (2 if config.meta else 1)]  # a split needs 2 rows
+    tasks = trainable_tasks(tasks, config)
     if not tasks:
         raise ValueError("no user has enough comparisons to train on")
     if not config.meta and user_logits is None:
-        user_logits = nn.Parameter(torch.zeros(len(tasks), config.num_bases, dtype=net.w0.dtype))
+        user_logits = nn.Parameter(net.w0.new_zeros(len(tasks), config.num_bases))
+    if config.meta and user_logits is not None:
+        raise ValueError("user_logits belong to the no-meta ablation (config.meta False)")
     optimizer = optimizer or make_optimizer(net, config, user_logits)
-    steps = steps_per_epoch or math.ceil(len(tasks) / config.tasks_per_batch)
+    params = [*net.parameters(), *([] if user_logits is None else [user_logits])]
+    size = config.tasks_per_batch
+    steps = math.ceil(len(tasks) / size)
     total = config.epochs * steps
+    device = net.w0.device
+
+    def user_losses(epoch: int, positions: np.ndarray, users: np.ndarray) -> Tensor:
+        """The per-user objective of these users: MRM's, or the multi-task ablation's."""
+        if not len(users):  # none of this meta-batch's users is held here
+            return net.w0.new_zeros(0)
+        if config.meta:
+            episodes = [
+                sample_episode(tasks[u], np.random.default_rng([config.seed, epoch, p]), config)
+                for u, p in zip(users, positions, strict=True)
+            ]
+            return maml_losses(net, episodes, config)
+        assert user_logits is not None
+        rows = torch.as_tensor(users, device=device)
+        return multitask_losses(net, user_logits[rows], [tasks[u] for u in users])
+
     net.train()
     for epoch in range(start_epoch, config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(tasks))
-        order = np.resize(order, max(len(order), steps * config.tasks_per_batch))
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(tasks))
+        order = np.resize(order, steps * size)
         sums = {"loss": 0.0, "objective": 0.0, "grad_norm": 0.0}
         for step in range(steps):
-            batch = order[step * config.tasks_per_batch : (step + 1) * config.tasks_per_batch]
-            picked = [tasks[i] for i in batch]
-            if config.meta:
-                episodes = [sample_episode(t, rng, config) for t in picked]
-                table = None
-            else:  # every row is "query": heads and user weights are fitted jointly
-                episodes = [
-                    Episode(t.chosen[:0], t.rejected[:0], t.chosen, t.rejected) for t in picked
-                ]
-                table = user_logits[torch.as_tensor(batch)]
+            span = np.arange(step * size, (step + 1) * size)
+            mine = span[[tasks[order[p]] is not None for p in span]]
             lr = cosine_lr(epoch * steps + step, total, config.outer_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            objective, losses = meta_batch_loss(net, episodes, config, table)
+            losses = user_losses(epoch, mine, order[mine])
+            # The meta-batch's losses, each filled in by the worker that holds its user.
+            index = torch.as_tensor(mine - step * size, device=device)
+            batch = losses.new_zeros(size).index_copy(0, index, losses.detach())
+            if all_reduce is not None:
+                all_reduce([batch])
+            weights = user_weights(batch, config)
+            objective = (weights[index] * losses).sum()
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if grad_sync is not None:
-                grad_sync(net)
+            if objective.requires_grad:
+                objective.backward()
+            if all_reduce is not None:  # every worker joins with every tensor, in order
+                grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+                all_reduce(grads)
+                for param, grad in zip(params, grads, strict=True):
+                    param.grad = grad
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             optimizer.step()
-            if not config.meta:
+            if user_logits is not None:  # no-meta: w0 is the mean user, for cold start
                 with torch.no_grad():
                     net.w0.copy_(user_logits.mean(0))
-            sums["loss"] += float(losses.mean())
-            sums["objective"] += float(objective.detach())
+            sums["loss"] += float(batch.mean())
+            sums["objective"] += float((weights * batch).sum())
             sums["grad_norm"] += float(grad_norm)
         if on_epoch is not None:
             metrics = {key: value / steps for key, value in sums.items()}
@@ -463,7 +540,8 @@ def adapt_many(
     """Adapt each of `users` on their rows of `support` in one batched inner loop.
 
     Users without rows keep w0 (their support loss is 0, so its gradient is too). Safe to call
-    under `no_grad` / `inference_mode`: the few gradient steps on K logits need autograd.
+    under `no_grad` / `inference_mode`: the few gradient steps on K logits need autograd. Safe
+    to call from several threads at once: it only reads `net`.
     """
     users = list(dict.fromkeys(users))
     if not users:
@@ -471,11 +549,16 @@ def adapt_many(
     index = {u: i for i, u in enumerate(users)}
     rows = np.flatnonzero(np.isin(support.user_ids, users))
     with torch.inference_mode(False):
-        dtype = net.w0.dtype
-        chosen = torch.as_tensor(support.chosen[rows], dtype=dtype)
-        rejected = torch.as_tensor(support.rejected[rows], dtype=dtype)
-        user = torch.as_tensor([index[str(u)] for u in support.user_ids[rows]], dtype=torch.long)
-        logits = inner_loop(net, chosen, rejected, user, len(users), config, create_graph=False)
+        w0 = net.w0.detach()
+        chosen, rejected = (
+            torch.as_tensor(x[rows], dtype=w0.dtype, device=w0.device)
+            for x in (support.chosen, support.rejected)
+        )
+        user = [index[str(u)] for u in support.user_ids[rows]]
+        user = torch.as_tensor(user, dtype=torch.long, device=w0.device)
+        with torch.no_grad():  # the bases stay fixed while users adapt
+            margins = base_margins(net, chosen, rejected)
+        logits = inner_loop(w0, margins, user, len(users), config, create_graph=False)
     logits = logits.detach().cpu().numpy().astype(np.float32)
     return {u: UserWeights(logits[i]) for u, i in index.items()}
 
@@ -498,9 +581,13 @@ class MixtureReward:
     mixture: np.ndarray
 
     def score(self, features: np.ndarray) -> np.ndarray:
+        """(..., d) features -> (...,) rewards (the bases take rows: leading axes flattened)."""
+        w0 = self.net.w0
         with torch.no_grad():
-            x = torch.as_tensor(features, dtype=self.net.w0.dtype)
-            return (self.net.bases(x) @ torch.as_tensor(self.mixture, dtype=x.dtype)).numpy()
+            x = torch.as_tensor(features, dtype=w0.dtype, device=w0.device)
+            mixture = torch.as_tensor(self.mixture, dtype=w0.dtype, device=w0.device)
+            rows = self.net.bases(x.reshape(-1, x.shape[-1])) @ mixture
+            return rows.reshape(x.shape[:-1]).cpu().numpy()
 
 
 def user_reward(net: MRMNet, weights: UserWeights) -> UserReward:
@@ -575,8 +662,13 @@ class MetaRewardModel:
 
     def __init__(self, config: MRMConfig | None = None, name: str | None = None) -> None:
         self.config = config or MRMConfig()
-        suffix = ("" if self.config.meta else "_no_meta") + ("" if self.config.rpo else "_no_rpo")
-        self.name = name or "mrm" + suffix
+        default = {
+            (True, True): "mrm",
+            (True, False): "mrm_no_rpo",
+            (False, False): "mrm_no_meta",
+            (False, True): "mrm_no_meta_rpo",
+        }
+        self.name = name or default[self.config.meta, self.config.rpo]
         self.net: MRMNet | None = None
         self.history: list[dict[str, float]] = []
 
@@ -624,30 +716,19 @@ class MetaRewardModel:
 # Save / load
 
 
+MODEL_FORMAT = Format("personal-rm/mrm", 1)
+
+
 def save_model(net: MRMNet, config: MRMConfig, path: str | Path, name: str = "mrm") -> None:
-    """Directory with `model.pt` (state_dict) and `config.json` (config, input dim, name)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path / "model.pt")
+    """Directory with `model.safetensors` (the state_dict, on CPU wherever it trained) and
+    `model.json` (format version, config, input dim, name): data only, nothing to execute."""
     meta = {"name": name, "dim": net.dim, "config": config.model_dump()}
-    (path / "config.json").write_text(json.dumps(meta, indent=2))
+    save_tensors(Path(path) / "model", net.state_dict(), meta, MODEL_FORMAT)
 
 
 def load_model(path: str | Path) -> tuple[MRMNet, MRMConfig, str]:
-    path = Path(path)
-    meta = json.loads((path / "config.json").read_text())
+    tensors, meta = load_tensors(Path(path) / "model", MODEL_FORMAT)
     config = MRMConfig(**meta["config"])
     net = MRMNet(meta["dim"], config)
-    net.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+    net.load_state_dict(tensors)
     return net.eval(), config, meta["name"]
-
-
-def save_user_weights(weights: Mapping[str, UserWeights], path: str | Path) -> None:
-    """JSON {user: logits}: K floats per user, readable and diff-able."""
-    data = {u: [float(v) for v in w.logits] for u, w in weights.items()}
-    Path(path).write_text(json.dumps(data))
-
-
-def load_user_weights(path: str | Path) -> dict[str, UserWeights]:
-    data = json.loads(Path(path).read_text())
-    return {u: UserWeights(np.asarray(v, dtype=np.float32)) for u, v in data.items()}

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from personal_rm.config import Config
 from personal_rm.data.splits import Split
 from personal_rm.embed import DEFAULT_CACHE
 from personal_rm.features import PairSet
 
 
-class DataConfig(BaseModel):
+class DataConfig(Config):
     """What to read and how; jobs extend it, so these are top-level flags of every job."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str = Field(
         "llmfao", description="A file in the normalized schema, or a dataset name (llmfao ships)."
@@ -35,9 +34,7 @@ class DataConfig(BaseModel):
     seed: int = Field(0, description="Seed of the user sample, the split and every draw after it.")
 
 
-class SplitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SplitConfig(Config):
     unseen_fraction: float = Field(0.4, description="Share of users held out as unseen.")
     validation_fraction: float = Field(
         0.1, description="Share of users kept for model selection, never scored."

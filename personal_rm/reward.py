@@ -19,7 +19,9 @@ from personal_rm.features import PairSet
 
 class UserReward(Protocol):
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Reward of each response, given its (n, d) features."""
+        """Reward of each response of a request, (R, d) features -> (R,), or of a batch of
+        requests, (..., R, d) -> (..., R). A reward may read the whole request: a cold-start
+        user is placed by the request itself."""
         ...
 
 
@@ -50,6 +52,6 @@ def margins(rewards: Mapping[str, UserReward], pairs: PairSet) -> np.ndarray:
     """r_u(chosen) - r_u(rejected) for every row; > 0 means the model agrees with the user."""
     out = np.empty(len(pairs), dtype=np.float64)
     for user, rows in pairs.rows_by_user().items():
-        reward = rewards[user]
-        out[rows] = reward.score(pairs.chosen[rows]) - reward.score(pairs.rejected[rows])
+        scores = rewards[user].score(np.stack([pairs.chosen[rows], pairs.rejected[rows]], 1))
+        out[rows] = scores[:, 0] - scores[:, 1]
     return out

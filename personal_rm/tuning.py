@@ -9,9 +9,9 @@ personalised on a k-shot support drawn from their train rows and scored on their
 averaged over k: the evaluation harness's unseen-user protocol on users who are never test
 users, so the test users are scored once, by the winner.
 
-A search space is YAML: dotted keys of `StateConfig` (the server's model config), each with one
+A search space is YAML: dotted keys of `MethodsConfig` (the server's model config), each with one
 distribution, e.g. `mrm.inner_lr: {loguniform: [0.1, 10]}` or `scaling.alpha: {choice: [0.5,
-adaptive]}`. Every value a distribution can take is validated against `StateConfig` up front,
+adaptive]}`. Every value a distribution can take is validated against `MethodsConfig` up front,
 so a typo fails before any trial starts.
 """
 
@@ -23,16 +23,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from personal_rm.config import override
 from personal_rm.data.splits import KShot, k_shot
 from personal_rm.evaluation import score_users
 from personal_rm.features import PairSet
+from personal_rm.methods import MethodsConfig
 from personal_rm.metrics import per_user_counts
 from personal_rm.mrm import MetaRewardModel
 from personal_rm.pgenrm.rubric import RubricJudge
 from personal_rm.pgenrm.scaling import ScaledRewardModel
 from personal_rm.prepare import Prepared
 from personal_rm.reward import RewardModel
-from personal_rm.serving.state import StateConfig
 
 Distribution = Literal["choice", "grid", "uniform", "loguniform", "randint"]
 SearchSpace = dict[str, dict[Distribution, list[Any]]]
@@ -59,23 +60,17 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def apply_params(base: StateConfig, params: Mapping[str, Any]) -> StateConfig:
+def apply_params(base: MethodsConfig, params: Mapping[str, Any]) -> MethodsConfig:
     """`base` with dotted overrides (`{"mrm.inner_lr": 0.3}`), validated like a config file."""
-    data = base.model_dump()
-    for dotted, value in params.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for parent in parents:
-            if not isinstance(node.get(parent), dict):
-                raise ValueError(f"{dotted!r} is not a key of the server's state config")
-            node = node[parent]
-        node[leaf] = plain(value)  # an unknown leaf is rejected by extra="forbid" below
-    return StateConfig.model_validate(data)
+    unknown = [key for key in params if key.split(".")[0] not in type(base).model_fields]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a key of the server's state config")
+    return override(base, {key: plain(value) for key, value in params.items()})
 
 
-def check_space(space: SearchSpace, base: StateConfig) -> None:
+def check_space(space: SearchSpace, base: MethodsConfig) -> None:
     """Raise ValueError unless every distribution is well formed and every value it can take
-    (each option; each end of a range) makes a valid `StateConfig`."""
+    (each option; each end of a range) makes a valid `MethodsConfig`."""
     for key, spec in space.items():
         if len(spec) != 1:
             raise ValueError(f"{key}: give exactly one distribution, got {sorted(spec)}")
@@ -126,7 +121,7 @@ class SweepData:
         )
 
 
-def scaled_mrm(mrm: MetaRewardModel, state: StateConfig, train: PairSet) -> ScaledRewardModel:
+def scaled_mrm(mrm: MetaRewardModel, state: MethodsConfig, train: PairSet) -> ScaledRewardModel:
     """A fitted MRM as the chain judge of dual-granularity scaling (the server's `mrm` method),
     its prototypes built over the users of `train` from their preferences (no encoder)."""
     model = ScaledRewardModel(
@@ -159,7 +154,7 @@ def validation_accuracy(
 
 def slices(
     mrm: MetaRewardModel,
-    state: StateConfig,
+    state: MethodsConfig,
     data: SweepData,
     ks: Sequence[KShot],
     seed: int,

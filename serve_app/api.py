@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    model_validator,
+)
 
 from personal_rm.data.comparison import Comparison
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+# An API key's public half: it names the key in provenance and admin URLs, never authenticates.
+KEY_ID_PATTERN = r"^[0-9a-f]{12}$"
 
 
 class Limits(BaseModel):
@@ -60,8 +69,12 @@ class ScoreRequest(StrictModel):
     responses: list[ResponseText] = Field(min_length=2, max_length=LIMITS.max_responses)
     history: list[HistoryItem] = Field(default_factory=list, max_length=LIMITS.max_history)
     method: Literal["mrm", "rubric", "genrm"] = "mrm"
-    n: int = Field(8, ge=1, le=LIMITS.max_n, description="Individual-level samples.")
-    m: int = Field(4, ge=0, le=LIMITS.max_m, description="Prototype-level neighbour samples.")
+    n: int | None = Field(
+        None, ge=1, le=LIMITS.max_n, description="Individual-level samples (default: the state's)."
+    )
+    m: int | None = Field(
+        None, ge=0, le=LIMITS.max_m, description="Prototype neighbours (default: the state's)."
+    )
     return_chains: bool = False
 
 
@@ -71,13 +84,36 @@ class BatchScoreRequest(StrictModel):
     requests: list[ScoreRequest] = Field(min_length=1, max_length=LIMITS.max_batch)
 
 
-class ScoreResponse(BaseModel):
+HISTORY_USED = Field(
+    description="Comparisons scoring reads for this user: the newest stored ones (plus any sent "
+    "with the request), at most `history_limit`."
+)
+HISTORY_LIMIT = Field(
+    LIMITS.max_history, description="The cap on `history_used`; older rows are kept, not read."
+)
+HISTORY_ROWS = Field(description="Comparisons stored for this user, all of them (no cap).")
+
+
+class HistoryCounts(BaseModel):
+    """How much of a user's history there is and how much of it counts: two numbers that a
+    single `history_size` used to mean in turn (64 in one answer, 200 in the next)."""
+
+    history_used: int = HISTORY_USED
+    history_limit: int = HISTORY_LIMIT
+
+    @computed_field(deprecated="read history_used (or history_rows)")
+    @property
+    def history_size(self) -> int:
+        """Deprecated alias of `history_used`, kept for clients written before the split."""
+        return self.history_used
+
+
+class ScoreResponse(HistoryCounts):
     user_id: str
     scores: list[float]
     preferred: int
     prototype: int | None
     method: str
-    history_size: int
     parts: dict[str, int] = Field(description="Valid samples per level, e.g. individual/prototype.")
     alpha: float = Field(description="Weight the individual level got in the mix.")
     chains: list[dict] | None = None
@@ -94,14 +130,37 @@ class FeedbackRequest(HistoryItem):
     user_id: UserId
 
 
-class FeedbackResponse(BaseModel):
+class FeedbackResponse(HistoryCounts):
     id: int
     user_id: str
-    history_size: int
+    history_rows: int = HISTORY_ROWS
 
 
-class UserInfo(BaseModel):
+class UserInfo(HistoryCounts):
     user_id: str
-    history_size: int
+    history_rows: int = HISTORY_ROWS
     prototype: int | None
     weights: list[float] | None = Field(description="MRM mixture weights over the base rewards.")
+
+
+class StoredFeedback(BaseModel):
+    """One stored comparison, as an admin reviewing a key's writes sees it."""
+
+    id: int
+    user_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    created_at: str
+
+
+class KeyFeedback(BaseModel):
+    key_id: str
+    rows: list[StoredFeedback] = Field(description="Oldest first, ids >= from_id.")
+    next_from_id: int | None = Field(description="Pass as from_id for the next page; None: done.")
+
+
+class KeyFeedbackDeleted(BaseModel):
+    key_id: str
+    deleted: int
+    users: dict[str, int] = Field(description="Rows deleted per user; their next score omits them.")

@@ -5,6 +5,7 @@ serve run serve_app.app:build_app state_dir=results/state
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.serve import Application
@@ -31,9 +32,13 @@ def build_app(args: dict[str, Any]) -> Application:
         for g in range(groups)
     ]
     # The ingress's handles route the multiplexed requests, so the matching timeout is its env.
-    match_timeout = {
+    env = {
         "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S": str(config.prototype_match_timeout_s)
     }
+    # Keys given in the environment reach the ingress replicas whatever env Ray's workers were
+    # started with; the lines hold hashes only, so the deployment's config may show them.
+    if os.environ.get(config.auth.keys_env):
+        env[config.auth.keys_env] = os.environ[config.auth.keys_env]
     return Ingress.options(
-        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": match_timeout}}
+        ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
     ).bind(shards, config)

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from personal_rm.backends import BackendConfig, SamplingConfig
+from personal_rm.config import Config
 from personal_rm.embed import DEFAULT_CACHE
-from personal_rm.pgenrm.scaling import TTSConfig
 
 
-class Autoscaling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Autoscaling(Config):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(
@@ -22,10 +20,8 @@ class Autoscaling(BaseModel):
     )
 
 
-class GenRMJudgeConfig(BaseModel):
+class GenRMJudgeConfig(Config):
     """The generative judge that method `genrm` runs in the chain samplers."""
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: BackendConfig = Field(description="The LLM: transformers (CPU/GPU), vllm, openai.")
     sampling: SamplingConfig = SamplingConfig()
@@ -33,9 +29,39 @@ class GenRMJudgeConfig(BaseModel):
     max_text_chars: int = Field(400, ge=1, description="Each text in the prompt is cut to this.")
 
 
-class ServeAppConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AuthConfig(Config):
+    """API keys (see `serve_app/auth.py` and the README's "Access control"). Auth is on when any
+    key is configured; with none the server is open, as the local demo is, and warns so."""
 
+    keys_file: Path | None = Field(
+        None,
+        description="Keys file, one JSON line per key (hashes only), read by every ingress "
+        "replica; a file with no keys is an error, not an open server.",
+    )
+    keys_env: str = Field(
+        "PRM_API_KEYS",
+        description="Environment variable that may hold more key lines (same format), e.g. "
+        "from a secret store; passed on to the ingress replicas.",
+    )
+    samples_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="Default per-key rate of sampler work: a score costs n + m samples, a "
+        "batch the sum. About all a local CPU app serves (16 req/s at n=8, m=4); keys may "
+        "set their own.",
+    )
+    requests_per_s: float = Field(
+        50.0, gt=0, description="Default per-key rate of requests of any kind (feedback too)."
+    )
+    burst_s: float = Field(
+        10.0,
+        gt=0,
+        description="A key may spend this many seconds of its rates at once: at the defaults "
+        "a full 64-request batch at n=8, m=4 (768 samples) passes from idle.",
+    )
+
+
+class ServeAppConfig(Config):
     state_dir: Path = Field(
         Path("results/state"), description="Built by jobs.serve / jobs.pipeline: router + shards."
     )
@@ -70,10 +96,7 @@ class ServeAppConfig(BaseModel):
     )
     samplers: Autoscaling = Autoscaling()
     shards: Autoscaling = Autoscaling(max_replicas=2)
-    scaling: TTSConfig = Field(
-        TTSConfig(alpha="adaptive"),
-        description="Defaults for requests that do not set n / m; alpha adapts to history size.",
-    )
+    auth: AuthConfig = AuthConfig()
 
     @property
     def text_history(self) -> int:

@@ -7,15 +7,18 @@ serve_app/serve_config.yaml` starts the same app on a cluster from a built state
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pydantic import Field
 
+from personal_rm.methods import MethodsConfig
 from personal_rm.prepare import DataConfig, SplitConfig
-from personal_rm.serving.state import StateConfig
 from serve_app.config import ServeAppConfig
 
 APP_NAME = "personal_rm"
+# Per-request access logs would drown what the jobs print; warnings still show.
+LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
 class ServeJobConfig(DataConfig):
@@ -24,7 +27,7 @@ class ServeJobConfig(DataConfig):
     rebuild: bool = Field(False, description="Refit the state even if `app.state_dir` has one.")
     demo: bool = Field(False, description="Score, post feedback, score again, then shut down.")
     split: SplitConfig = SplitConfig()
-    state: StateConfig = StateConfig()
+    state: MethodsConfig = MethodsConfig()
     app: ServeAppConfig = ServeAppConfig()
 
 
@@ -99,12 +102,18 @@ def deploy(config: ServeJobConfig) -> str:
 
     from serve_app.app import build_app
 
-    # Per-request access logs would drown what the jobs print; warnings still show.
-    serve.start(
-        http_options={"host": config.host, "port": config.port},
-        logging_config={"log_level": "WARNING", "enable_access_log": False},
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=LOGGING)
+    # The app's own too: serve.start's is not always passed on to the app's replicas.
+    serve.run(
+        build_app(config.app.model_dump()), name=APP_NAME, route_prefix="/", logging_config=LOGGING
     )
-    serve.run(build_app(config.app.model_dump()), name=APP_NAME, route_prefix="/")
+    auth = config.app.auth
+    if auth.keys_file is None and not os.environ.get(auth.keys_env):
+        print(
+            f"auth is OFF (no --app.auth.keys_file, no ${auth.keys_env}): anyone who can reach "
+            f"{config.host}:{config.port} may score, read and write any user; see the README, "
+            "Access control"
+        )
     return f"http://{config.host}:{config.port}"
 
 

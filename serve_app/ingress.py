@@ -5,37 +5,50 @@ the texts (cached), place the user in a prototype from that history, and ask the
 that prototype to score. Feedback is committed to the store before
 the response is sent, and every later score reads the history again, so the user is
 re-adapted (weights, rubric, prototype) from their very next request.
+
+Every endpoint but /healthz passes `serve_app.auth` when keys are configured: the key is checked
+before the body is validated (401), then its scope, its users and its rates (403, 429).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from personal_rm.embed import CachedEncoder, MiniLMEncoder
 from personal_rm.pgenrm.prompt import LABELS
+from personal_rm.pgenrm.scaling import TTSConfig
 from personal_rm.serving.state import TEXT_JUDGES, Frontend, load_router
 from personal_rm.serving.store import SQLiteFeedbackStore
 from serve_app.api import (
+    KEY_ID_PATTERN,
     LIMITS,
     USER_ID_PATTERN,
     BatchScoreRequest,
     BatchScoreResponse,
     FeedbackRequest,
     FeedbackResponse,
+    KeyFeedback,
+    KeyFeedbackDeleted,
     ScoreRequest,
     ScoreResponse,
+    StoredFeedback,
     UserInfo,
 )
+from serve_app.auth import Auth, KeyRecord, load_keys
 from serve_app.config import ServeAppConfig
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -44,7 +57,28 @@ app = FastAPI(
     title="personal-rm",
     description="Personalized reward scoring: which response would *this* user prefer, and why.",
     version="0.1.0",
+    # Served by the Ingress below instead, behind the same keys as the API.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="An API key, `prm_<id>_<secret>`; not needed when the server has no keys.",
+)
+
+
+async def caller(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+) -> KeyRecord | None:
+    """The calling key (None: auth is off), or 401. A dependency, so it runs before the body
+    is validated: no one without a key learns what the API accepts. `_` only documents the
+    scheme in OpenAPI; Basic credentials (browsers at /docs) are read too."""
+    ingress = serve.get_replica_context().servable_object
+    return ingress.auth.authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[KeyRecord | None, Depends(caller)]
 
 
 @app.exception_handler(RequestValidationError)
@@ -78,6 +112,16 @@ class Ingress:
         self.store = SQLiteFeedbackStore(config.store_path)
         self.frontend = Frontend(self.router, self.store, self.encoder, LIMITS.max_history)
         self.methods = sorted({*self.router.judges, *(["genrm"] if config.genrm else [])})
+        self.auth = Auth(load_keys(config.auth), config.auth)
+        log = logging.getLogger("ray.serve")
+        if self.auth.enabled:
+            log.info("auth on: %d API keys", len(self.auth.keys))
+        else:
+            log.warning(
+                "auth is OFF: no API keys (auth.keys_file, $%s); anyone who can reach this port "
+                "can score, read any user and write any user's feedback",
+                config.auth.keys_env,
+            )
 
     async def _score(self, req: ScoreRequest) -> ScoreResponse:
         if req.method not in self.methods:
@@ -93,13 +137,20 @@ class Ingress:
             self.frontend.prepare, req.user_id, req.prompt, req.responses, extra
         )
         prepared = time.perf_counter()
-        scaling = self.config.scaling.model_copy(update={"n": req.n, "m": req.m})
+        scaling = self.scaling(req)
         history, request = prep.judge_inputs(req.method)
         result = await self.shard(prep.prototype).score.remote(
-            prep.prototype, req.method, req.user_id, history, prep.vector, request, scaling
+            prep.prototype,
+            req.method,
+            req.user_id,
+            history,
+            prep.vector,
+            request,
+            scaling,
+            req.return_chains,
         )
         done = time.perf_counter()
-        if result.scores is None:
+        if result.verdict is None:
             raise HTTPException(503, "no valid evaluation chain was produced; retry")
         chains = result.individual + result.prototype if req.return_chains else None
         return ScoreResponse(
@@ -108,12 +159,9 @@ class Ingress:
             preferred=int(result.verdict),
             prototype=prep.prototype,
             method=req.method,
-            history_size=len(prep.history),
-            parts={
-                "individual": sum(c is not None for c in result.individual),
-                "prototype": sum(c is not None for c in result.prototype),
-            },
-            alpha=result.alpha,
+            history_used=len(prep.history),
+            parts={level: int(count) for level, count in result.counts.items()},
+            alpha=float(result.alpha),
             chains=[c.model_dump() if c else None for c in chains] if chains is not None else None,
             timing_ms={
                 "prepare": 1000 * (prepared - started),
@@ -121,6 +169,16 @@ class Ingress:
                 "total": 1000 * (done - started),
             },
         )
+
+    def scaling(self, req: ScoreRequest) -> TTSConfig:
+        """The N and M the client set; the rest is the state's scaling, fitted and validated."""
+        given = {key: value for key in ("n", "m") if (value := getattr(req, key)) is not None}
+        return self.router.model.scaling.model_copy(update=given)
+
+    def work(self, req: ScoreRequest) -> int:
+        """Sampler work of a request, what rate limits count: N + M chains."""
+        scaling = self.scaling(req)
+        return scaling.n + scaling.m
 
     def shard(self, prototype: int) -> DeploymentHandle:
         """The shard deployment serving `prototype`, tagged with it when multiplexed."""
@@ -130,35 +188,107 @@ class Ingress:
         return handle
 
     @app.post("/v1/score", response_model=ScoreResponse)
-    async def score(self, req: ScoreRequest) -> ScoreResponse:
+    async def score(self, req: ScoreRequest, who: Caller) -> ScoreResponse:
         """Scores for each response, for this user: test-time scaled chains of the method."""
+        self.auth.authorize(who, "score", [req.user_id], self.work(req))
         return await self._score(req)
 
     @app.post("/v1/score/batch", response_model=BatchScoreResponse)
-    async def score_batch(self, batch: BatchScoreRequest) -> BatchScoreResponse:
+    async def score_batch(self, batch: BatchScoreRequest, who: Caller) -> BatchScoreResponse:
         """Many requests in one call, scored concurrently (what an RL trainer sends)."""
+        work = sum(map(self.work, batch.requests))
+        self.auth.authorize(who, "score", {r.user_id for r in batch.requests}, work)
         return BatchScoreResponse(results=await asyncio.gather(*map(self._score, batch.requests)))
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
-    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
-        """Stored durably (committed) before this returns; the next score uses it."""
-        row = await asyncio.to_thread(self.store.add, req.comparison(req.user_id, "feedback"))
-        size = await asyncio.to_thread(self.store.count, req.user_id)
-        return FeedbackResponse(id=row, user_id=req.user_id, history_size=size)
+    async def feedback(self, req: FeedbackRequest, who: Caller) -> FeedbackResponse:
+        """Stored durably (committed) before this returns, with the key that wrote it; the
+        next score uses it."""
+        self.auth.authorize(who, "feedback", [req.user_id])
+        comparison = req.comparison(req.user_id, "feedback")
+        row = await asyncio.to_thread(self.store.add, comparison, who.id if who else None)
+        rows = await asyncio.to_thread(self.store.count, req.user_id)
+        used = min(rows, LIMITS.max_history)
+        return FeedbackResponse(id=row, user_id=req.user_id, history_rows=rows, history_used=used)
 
     @app.get("/v1/users/{user_id}", response_model=UserInfo)
-    async def user(self, user_id: str = PathParam(pattern=USER_ID_PATTERN)) -> UserInfo:
-        size, prototype, weights = await asyncio.to_thread(self.frontend.describe, user_id)
-        return UserInfo(user_id=user_id, history_size=size, prototype=prototype, weights=weights)
+    async def user(
+        self, who: Caller, user_id: str = PathParam(pattern=USER_ID_PATTERN)
+    ) -> UserInfo:
+        self.auth.authorize(who, "score", [user_id])
+        used, prototype, weights = await asyncio.to_thread(self.frontend.describe, user_id)
+        rows = await asyncio.to_thread(self.store.count, user_id)
+        return UserInfo(
+            user_id=user_id,
+            history_rows=rows,
+            history_used=used,
+            prototype=prototype,
+            weights=weights,
+        )
 
     @app.get("/v1/prototypes")
-    async def prototypes(self) -> list[dict]:
+    async def prototypes(self, who: Caller) -> list[dict]:
+        self.auth.authorize(who, "score")
         index = self.router.model.index
         assert index is not None
         return [{"id": p, "members": len(index.members(p))} for p in range(len(index))]
 
+    @app.get("/v1/admin/keys/{key_id}/feedback", response_model=KeyFeedback)
+    async def key_feedback(
+        self,
+        who: Caller,
+        key_id: str = PathParam(pattern=KEY_ID_PATTERN),
+        from_id: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> KeyFeedback:
+        """The rows a key wrote, oldest first, a page at a time: what to review before a delete."""
+        self.auth.authorize(who, "admin")
+        rows = await asyncio.to_thread(self.store.rows_by_key, key_id, from_id, limit)
+        return KeyFeedback(
+            key_id=key_id,
+            rows=[
+                StoredFeedback(id=r.id, created_at=r.created_at, **r.comparison.to_row())
+                for r in rows
+            ],
+            next_from_id=rows[-1].id + 1 if len(rows) == limit else None,
+        )
+
+    @app.delete("/v1/admin/keys/{key_id}/feedback", response_model=KeyFeedbackDeleted)
+    async def delete_key_feedback(
+        self,
+        who: Caller,
+        key_id: str = PathParam(pattern=KEY_ID_PATTERN),
+        from_id: int = Query(0, ge=0, description="Only rows from this id on: one bad batch."),
+    ) -> KeyFeedbackDeleted:
+        """Undo a key's writes (a leaked or buggy key's poisoned batch): every later score of
+        those users reads their history without them. Revoke the key in the keys file too."""
+        self.auth.authorize(who, "admin")
+        users = await asyncio.to_thread(self.store.delete_by_key, key_id, from_id)
+        return KeyFeedbackDeleted(key_id=key_id, deleted=sum(users.values()), users=users)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request, who: Caller) -> JSONResponse:
+        self.auth.authorize(who)
+        return JSONResponse(request.app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request, who: Caller) -> HTMLResponse:
+        """Swagger UI; with keys on, a browser asks for one (Basic, the key as password)."""
+        self.auth.authorize(who)
+        schema = request.scope.get("root_path", "") + "/openapi.json"
+        return get_swagger_ui_html(openapi_url=schema, title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request, who: Caller) -> HTMLResponse:
+        self.auth.authorize(who)
+        schema = request.scope.get("root_path", "") + "/openapi.json"
+        return get_redoc_html(openapi_url=schema, title=f"{app.title} - ReDoc")
+
     @app.get("/healthz")
     async def healthz(self) -> dict:
+        """Open, for load balancers; with keys on it says nothing but that it is up."""
+        if self.auth.enabled:
+            return {"status": "ok"}
         return {
             "status": "ok",
             "feedback_rows": await asyncio.to_thread(self.store.count),

@@ -9,7 +9,7 @@ from typing import Any
 from ray import serve
 
 from personal_rm.backends import build_backend
-from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.chain import Samples
 from personal_rm.pgenrm.llm_judge import LLMJudge
 from personal_rm.pgenrm.scaling import Judge
 from personal_rm.serving.state import load_router
@@ -42,7 +42,7 @@ class ChainSampler:
         self.lock = threading.Lock()
 
     def sample(
-        self, method: str, histories: Sequence[Any], request: Any, n: int, seed: int
-    ) -> list[list[EvaluationChain | None]]:
+        self, method: str, histories: Sequence[Any], request: Any, n: int, seed: int, chains: bool
+    ) -> Samples:
         with self.lock:
-            return self.judges[method].sample_chains(histories, request, n, seed)
+            return self.judges[method].sample(histories, request, n, seed, chains)

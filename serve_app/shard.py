@@ -4,14 +4,15 @@ A shard replica holds a few prototypes (members, their vectors and histories), l
 first use and evicted LRU (`@serve.multiplexed`). In the multiplexed layout the ingress tags
 each request with its prototype id, so Serve routes it to a replica that has that prototype
 loaded; in the grouped layout each of several shard deployments serves a fixed subset.
-For one request a shard sends the N individual samples (split into `fanout` calls) and the M
-neighbours' samples to the chain samplers at once, gathers them and mixes the two levels with
-`personal_rm.pgenrm.scaling`.
+For one request a shard runs `personal_rm.pgenrm.scaling.scale` with the chain samplers as its
+sampler: the N individual samples (split into `fanout` calls) and the M neighbours' samples
+go out at once, and the two levels are mixed as the evaluator mixes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,14 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from personal_rm.pgenrm.chain import EvaluationChain
-from personal_rm.pgenrm.scaling import ScaledScores, TTSConfig, dual_granularity
-from personal_rm.serving.state import PrototypeShard, load_shard, neighbour_histories
+from personal_rm.pgenrm.chain import Samples
+from personal_rm.pgenrm.scaling import ScaledScores, TTSConfig
+from personal_rm.serving.state import (
+    PrototypeShard,
+    load_shard,
+    neighbour_histories,
+    shard_scores,
+)
 from personal_rm.serving.store import SQLiteFeedbackStore
 from serve_app.config import ServeAppConfig
 
@@ -46,7 +52,7 @@ class PrototypeShardServer:
     async def get_prototype(self, prototype_id: str) -> PrototypeShard:
         return await asyncio.to_thread(load_shard, self.state_dir, int(prototype_id))
 
-    async def _sample(self, *args) -> list[list[EvaluationChain | None]]:
+    async def _sample(self, *args) -> Samples:
         """A sampler replica that dies mid-call (node loss, OOM, a kill) costs a retry on
         another replica, not a failed request: sampling is a pure function of its inputs."""
         for _ in range(SAMPLER_ATTEMPTS - 1):
@@ -55,6 +61,22 @@ class PrototypeShardServer:
             except RayActorError:
                 continue
         return await self.sampler.sample.remote(*args)
+
+    async def _fan_out(
+        self, method: str, histories: list[Any], request: Any, n: int, seed: int, chains: bool
+    ) -> Samples:
+        """`scale`'s sampler: n samples split into `fanout` concurrent calls (seeded apart)."""
+        parts = await asyncio.gather(
+            *(
+                self._sample(method, histories, request, k, seed + 1000 * i, chains)
+                for i, k in enumerate(split_evenly(n, self.fanout))
+            )
+        )
+        scores = np.concatenate([p.scores for p in parts], axis=-2)
+        if not chains:
+            return Samples(scores)
+        by_history = zip(*(p.chains for p in parts), strict=True)
+        return Samples(scores, [[c for part in rows for c in part] for rows in by_history])
 
     async def score(
         self,
@@ -65,22 +87,14 @@ class PrototypeShardServer:
         vector: np.ndarray,
         request: Any,
         scaling: TTSConfig,
+        chains: bool = False,
     ) -> ScaledScores:
         """`history` and `request` in the form the method's judge reads (features or texts)."""
         shard = await self.get_prototype(str(prototype))
-        neighbours = shard.neighbours(vector, scaling.m, exclude=user)
-        calls = [
-            self._sample(method, [history], request, n, scaling.seed + 1000 * i)
-            for i, n in enumerate(split_evenly(scaling.n, self.fanout))
-        ]
-        if neighbours:
-            histories = await asyncio.to_thread(
-                neighbour_histories, shard, self.store, neighbours, method, self.text_history
-            )
-            calls.append(self._sample(method, histories, request, 1, scaling.seed))
-        results = await asyncio.gather(*calls)
-        individual = [
-            chain for result in results[: len(calls) - bool(neighbours)] for chain in result[0]
-        ]
-        prototype = [chains[0] for chains in results[-1]] if neighbours else []
-        return dual_granularity(individual, prototype, len(history), scaling, neighbours)
+        histories = partial(
+            neighbour_histories, shard, self.store, method=method, limit=self.text_history
+        )
+        sample = partial(self._fan_out, method)
+        return await shard_scores(
+            shard, sample, user, history, vector, request, scaling, histories, chains
+        )

@@ -10,7 +10,13 @@ import httpx
 import pytest
 import torch
 
-from personal_rm.backends import BackendConfig, SamplingConfig, build_backend, chat_text
+from personal_rm.backends import (
+    OpenAIBackendConfig,
+    SamplingConfig,
+    VLLMBackendConfig,
+    build_backend,
+    chat_text,
+)
 from personal_rm.backends.openai_backend import OpenAIBackend
 from personal_rm.backends.openai_server import make_app
 from personal_rm.backends.transformers_backend import TransformersBackend
@@ -104,7 +110,7 @@ def server(local):
 
 def test_openai_backend_against_a_real_local_server(server, local, prompts):
     backend = build_backend(
-        BackendConfig(kind="openai", model="tiny", base_url=server, concurrency=2)
+        OpenAIBackendConfig(model="tiny", base_url=server, concurrency=2)
     )
     greedy = check_shape_and_sampling(backend, prompts)
     # The server really runs the model: same tokens as calling it in-process.
@@ -130,7 +136,7 @@ def test_vllm_backend_without_vllm_says_how_to_install(model_dir):
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="personal-rm\\[gpu\\]"):
-            build_backend(BackendConfig(kind="vllm", model=str(model_dir)))
+            build_backend(VLLMBackendConfig(model=str(model_dir)))
     else:
         pytest.skip("vllm is installed: the real backend is tested below")
 
@@ -141,8 +147,7 @@ def vllm_backend(model_dir):
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     backend = build_backend(
-        BackendConfig(
-            kind="vllm",
+        VLLMBackendConfig(
             model=str(model_dir),
             dtype="float32",
             max_model_len=2048,

@@ -14,7 +14,7 @@ import torch
 
 from actors.chain_builder import build_chains
 from actors.genrm_trainer import GenRMRayConfig, fit_genrm
-from personal_rm.backends import BackendConfig, SamplingConfig
+from personal_rm.backends import HeuristicBackendConfig, SamplingConfig
 from personal_rm.backends.transformers_backend import TransformersBackend
 from personal_rm.pgenrm.chain_data import open_for_append, read_chain_rows, sft_rows
 from personal_rm.pgenrm.llm_judge import judge_report, judge_tasks, make_tasks
@@ -96,9 +96,9 @@ def test_build_chains_on_actors_then_resume(ray_session, tmp_path):
         "actor_options": {"num_cpus": 0.5},
         "batch_size": 4,
     }
-    first = build_chains(tasks[:20], out, BackendConfig(kind="heuristic"), **options)
+    first = build_chains(tasks[:20], out, HeuristicBackendConfig(), **options)
     assert first == {"skipped_done": 0, "written": 20, "accepted": first["accepted"]}
-    second = build_chains(tasks, out, BackendConfig(kind="heuristic"), **options)
+    second = build_chains(tasks, out, HeuristicBackendConfig(), **options)
     assert second["skipped_done"] == 20 and second["written"] == 10
     rows = list(read_chain_rows(out))
     assert sorted(r["id"] for r in rows) == sorted(t.id for t in tasks)  # each exactly once
@@ -119,7 +119,7 @@ def test_sft_then_rl_on_ray_train(ray_session, model_dir, tmp_path):
     build_chains(
         tasks,
         chains,
-        BackendConfig(kind="heuristic"),
+        HeuristicBackendConfig(),
         tries=2,
         sampling=SamplingConfig(temperature=0.5),
         max_text_chars=None,

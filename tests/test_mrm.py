@@ -8,6 +8,7 @@ direction from a few comparisons, which a per-user model from scratch cannot.
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -24,12 +25,10 @@ from personal_rm.mrm import (
     UserWeights,
     adapt,
     build_net,
-    load_user_weights,
     make_optimizer,
     meta_batch_loss,
     meta_train,
     rpo_weights,
-    save_user_weights,
     split_support,
     tasks_from_pairs,
     user_reward,
@@ -213,6 +212,21 @@ def test_adapt_with_no_support_returns_w0(mrm: MetaRewardModel) -> None:
     np.testing.assert_array_equal(weights.logits, mrm.net.w0.detach().numpy())
 
 
+def test_concurrent_adaptation_matches_serial(mrm: MetaRewardModel, world: dict) -> None:
+    """adapt_many only reads the net, so threads need no lock (serving adapts per request)."""
+    test = world["test"]
+    support, _ = split_support(test, 8, seed=7)
+    users = test.users()
+    groups = [users[i::7][: 2 + i] for i in range(7)] * 6  # batches of different sizes
+    serial = [mrm.adapt_users(support, group) for group in groups]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda group: mrm.adapt_users(support, group), groups))
+    for one, other in zip(serial, concurrent, strict=True):
+        assert one.keys() == other.keys()
+        for user in one:
+            np.testing.assert_array_equal(one[user].logits, other[user].logits)
+
+
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_save_load_round_trip_gives_identical_scores(tmp_path, world: dict, head: str) -> None:
     test = world["test"]
@@ -228,8 +242,6 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path, world: dict, head
 
     before = model.adapt_users(support, test.users())
     after = loaded.adapt_users(support, test.users())
-    save_user_weights(after, tmp_path / "w.json")
-    after = load_user_weights(tmp_path / "w.json")
     for user in test.users():
         np.testing.assert_array_equal(before[user].logits, after[user].logits)
     np.testing.assert_array_equal(
@@ -252,19 +264,25 @@ def test_mlp_user_reward_is_the_mixture_of_bases(world: dict) -> None:
     np.testing.assert_allclose(score, bases.mean(1), rtol=1e-5)  # w0 = 0: uniform mixture
 
 
-def test_training_is_deterministic_and_calls_grad_sync_every_step(world: dict) -> None:
+def test_training_is_deterministic_and_all_reduces_losses_then_gradients(world: dict) -> None:
     train = world["train"].take(np.arange(1600))  # 40 users
     config = MRMConfig(**{**FAST, "epochs": 3, "tasks_per_batch": 8})
 
-    def run() -> tuple[dict[str, torch.Tensor], int]:
+    def run(sync: bool) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, ...]]]]:
         net, calls = build_net(train, config), []
-        meta_train(net, tasks_from_pairs(train), config, grad_sync=lambda n: calls.append(n))
-        return net.state_dict(), len(calls)
 
-    (first, calls), (second, _) = run(), run()
-    assert calls == 3 * 5
+        def all_reduce(tensors: list[torch.Tensor]) -> None:  # one worker: the sum is itself
+            calls.append([tuple(t.shape) for t in tensors])
+
+        meta_train(net, tasks_from_pairs(train), config, all_reduce=all_reduce if sync else None)
+        return net.state_dict(), calls
+
+    (first, calls), (second, _), (alone, _) = run(True), run(True), run(False)
+    grads = [tuple(p.shape) for p in build_net(train, config).parameters()]
+    assert calls == [[(8,)], grads] * (3 * 5)  # the meta-batch's losses, then every gradient
     for name in first:
         assert torch.equal(first[name], second[name]), name
+        assert torch.equal(first[name], alone[name]), name
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(world: dict) -> None:
@@ -306,5 +324,15 @@ def test_variants_are_configs() -> None:
     assert set(VARIANTS) == {"mrm", "mrm_no_rpo", "mrm_no_meta"}
     assert MetaRewardModel.variant("mrm_no_rpo").config.rpo is False
     assert MetaRewardModel.variant("mrm_no_meta").name == "mrm_no_meta"
+    # Each ablation changes one thing: no_rpo is MRM without RPO, no_meta is no_rpo without
+    # meta-learning.
+    configs = {name: MetaRewardModel.variant(name).config.model_dump() for name in VARIANTS}
+
+    def changed(a: str, b: str) -> set[str]:
+        return {key for key in configs[a] if configs[a][key] != configs[b][key]}
+
+    assert changed("mrm", "mrm_no_rpo") == {"rpo"}
+    assert changed("mrm_no_rpo", "mrm_no_meta") == {"meta"}
+    assert MetaRewardModel(MRMConfig(**VARIANTS["mrm_no_meta"])).name == "mrm_no_meta"
     with pytest.raises(ValueError):
         MRMConfig(bogus=1)

@@ -1,11 +1,18 @@
-"""MRM meta-training on a real local Ray Train run: 2 CPU workers, checkpoints, resume, failure."""
+"""MRM meta-training on a real local Ray Train run: 2 CPU workers, checkpoints, resume, failure,
+and 2 workers taking exactly the steps of 1."""
+
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from actors.mrm_trainer import RayTrainConfig, fit_distributed
-from personal_rm.mrm import MRMConfig
-from personal_rm.synthetic import mixture_users
+from actors.mrm_trainer import RayTrainConfig, fit_distributed, train_loop_per_worker
+from personal_rm.mrm import VARIANTS, MRMConfig, build_net
+
+from synthetic_users import mixture_users
 
 pytestmark = pytest.mark.ray
 
@@ -42,17 +49,54 @@ def test_two_workers_checkpoint_then_resume(ray_session, users, tmp_path):
     assert reported_epochs(resumed) == [0, 1, 2, 3]  # one history across both runs
 
 
+@pytest.mark.parametrize("variant", ["mrm", "mrm_no_meta"])
+def test_two_workers_take_the_same_steps_as_one(ray_session, users, tmp_path, variant):
+    """Each meta-batch of 8 users is split over the workers, RPO weights the whole batch and
+    gradients are summed: 2 workers end where 1 does (5 meta-steps from the same init)."""
+    train, _ = users
+    config = MRMConfig(**VARIANTS[variant], epochs=1, tasks_per_batch=8)
+    nets = {}
+    for workers in (1, 2):
+        distributed = RayTrainConfig(num_workers=workers, storage_path=tmp_path, name=f"w{workers}")
+        model, _ = fit_distributed(train, config, distributed)
+        nets[workers] = model.net.state_dict()
+    init = dict(build_net(train, config).named_parameters())
+    for name, value in nets[1].items():
+        if name in init:
+            assert not torch.allclose(value, init[name]), name  # training moved it
+        torch.testing.assert_close(nets[2][name], value, rtol=0, atol=1e-6)
+
+
 def test_worker_failure_is_survived(ray_session, users, tmp_path):
     train, _ = users
+    marker = tmp_path / "worker-died"
+
+    def flaky_loop(loop):
+        """The real loop, but the last worker dies once, while reporting epoch 1."""
+        import ray.train
+
+        report = ray.train.report
+        context = ray.train.get_context()
+        last = context.get_world_rank() == context.get_world_size() - 1
+
+        def dying_report(metrics, checkpoint=None):
+            if metrics["epoch"] == 1 and last and not Path(marker).exists():
+                # The controller collects reports when it polls the workers (every 2 s);
+                # dying sooner would also lose the previous epoch's checkpoint.
+                Path(marker).touch()
+                time.sleep(5)
+                os._exit(1)
+            report(metrics, checkpoint=checkpoint)
+
+        ray.train.report = dying_report  # this worker process only; it is not reused
+        train_loop_per_worker(loop)
+
     distributed = RayTrainConfig(
-        num_workers=2,
-        max_failures=1,
-        inject_failure_at_epoch=1,
-        storage_path=tmp_path,
-        name="flaky",
+        num_workers=2, max_failures=1, storage_path=tmp_path, name="flaky"
     )
-    model, result = fit_distributed(train, MRMConfig(epochs=3, tasks_per_batch=8), distributed)
-    assert (tmp_path / ".flaky.failure-injected").exists()  # the worker really died
+    config = MRMConfig(epochs=3, tasks_per_batch=8)
+    model, result = fit_distributed(train, config, distributed, train_loop=flaky_loop)
+    assert marker.exists()  # the worker really died
     assert result.error is None
     assert int(result.metrics["epoch"]) == 2
     assert result.metrics["start_epoch"] == 1  # the restarted group resumed, not restarted

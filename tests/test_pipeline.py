@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jobs.pipeline import STAGES, main
+from personal_rm.serving.state import ROUTER_FILE
 
 pytestmark = pytest.mark.ray
 
@@ -33,7 +34,7 @@ def test_quick_pipeline_runs_every_stage_and_caches(ray_session, tmp_path, capsy
         "rubric_tts",
     }
     assert set(json.loads((out / "timings.json").read_text())) == set(STAGES)
-    assert (out / "state" / "router.pkl").exists() and (out / "accuracy.png").exists()
+    assert (out / "state" / ROUTER_FILE).exists() and (out / "accuracy.png").exists()
     assert "scores after feedback" in printed and "| rubric_tts |" in printed
     before = {f: (out / f / "rows.json").stat().st_mtime for f in ("baselines", "mrm")}
     main([*argv, "--force", "prototypes"])

@@ -143,16 +143,20 @@ def test_posterior_draws_are_seeded_nested_and_concentrate(judge, world) -> None
     assert np.ptp(prior, axis=0).max() == 0  # no history: the prior n times
 
 
-def test_sample_chains_batches_histories(judge, world) -> None:
+def test_sample_batches_histories_and_its_scores_are_the_chains(judge, world) -> None:
     test = world["test"]
     histories = [test.for_user(u) for u in test.users()[:3]]
-    request = np.random.default_rng(7).normal(size=(2, DIM)).astype(np.float32)
-    chains = judge.sample_chains(histories, request, n=4, seed=0)
-    assert [len(c) for c in chains] == [4, 4, 4]
-    draws = judge.sample_rubrics(histories, 4, seed=0)
-    for own, weights in zip(chains, draws, strict=True):
-        for chain, w in zip(own, weights, strict=True):
-            assert chain.final_scores() == pytest.approx(list(judge.criterion_scores(request) @ w))
+    batch = np.random.default_rng(7).normal(size=(5, 2, DIM)).astype(np.float32)
+    request = batch[0]
+    samples = judge.sample(histories, request, n=4, seed=0, chains=True)
+    assert samples.scores.shape == (3, 4, 2) and [len(c) for c in samples.chains] == [4, 4, 4]
+    for own, scores in zip(samples.chains, samples.scores, strict=True):
+        for chain, final in zip(own, scores, strict=True):
+            assert chain.final_scores() == pytest.approx(list(final))
+    # A batch of requests in one call: the scores of each request alone, and no chains.
+    batched = judge.sample(histories, batch, n=4, seed=0)
+    assert batched.chains is None and batched.scores.shape == (5, 3, 4, 2)
+    np.testing.assert_allclose(batched.scores[0], samples.scores)
 
 
 def test_mrm_as_a_judge_writes_chains_that_agree_with_it(world) -> None:

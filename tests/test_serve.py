@@ -6,7 +6,7 @@ import socket
 import httpx
 import pytest
 
-from personal_rm.config import load_config
+from personal_rm.config import load_config, nest
 from serve_app.deploy import APP_NAME, ServeJobConfig, build_server_state, deploy
 
 pytestmark = pytest.mark.ray
@@ -32,7 +32,7 @@ def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     config = load_config(
         ServeJobConfig,
-        overrides={
+        nest({
             "max_users": 30,
             "cache_dir": str(root / "cache"),
             "port": free_port(),
@@ -44,7 +44,7 @@ def config(tmp_path_factory):
             # The generative judge through the backend interface; the heuristic teacher writes
             # valid chains on CPU (a tiny random LLM would parse none).
             "app.genrm.backend.kind": "heuristic",
-        },
+        }),
     )
     build_server_state(config)
     return config
@@ -184,8 +184,10 @@ def test_grouped_layout_serves_every_prototype(client, config):
     deployments = serve.status().applications[APP_NAME].deployments
     assert {"PrototypeShardServer0", "PrototypeShardServer1"} <= set(deployments)
     served = set()
-    for user in SQLiteFeedbackStore(config.app.store_path).users()[:12]:
+    for user in SQLiteFeedbackStore(config.app.store_path).users()[:40]:
         response = client.post("/v1/score", json={**REQUEST, "user_id": user, "n": 2, "m": 2})
         assert response.status_code == 200, response.text
         served.add(response.json()["prototype"])
+        if {p % 2 for p in served} == {0, 1}:
+            break
     assert {p % 2 for p in served} == {0, 1}  # both groups' deployments served requests

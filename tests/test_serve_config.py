@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from personal_rm.methods import MethodsConfig
 from serve_app.config import ServeAppConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "serve_app" / "serve_config.yaml"
@@ -16,4 +17,5 @@ def test_serve_deploy_config_validates():
     assert app.import_path == "serve_app.app:build_app"
     config = ServeAppConfig(**app.args)
     assert config.samplers.max_replicas >= config.samplers.min_replicas >= 1
-    assert config.scaling.alpha == "adaptive"
+    # Requests default to the state's scaling, built from the one methods config.
+    assert "scaling" not in app.args and MethodsConfig().scaling.alpha == "adaptive"

@@ -1,7 +1,6 @@
 import numpy as np
-import pytest
 
-from personal_rm.data.splits import k_shot, parse_k, row_protocol_split, user_protocol_split
+from personal_rm.data.splits import k_shot, user_protocol_split
 
 
 def users_column(counts):
@@ -37,23 +36,6 @@ def test_k_shot_supports_are_nested_and_filter_short_users():
     assert len(zero) == 0 and eligible0 == users
     everything, _ = k_shot(ids, pool, users, "all")
     assert np.array_equal(everything, pool)
-
-
-def test_row_split_uses_labels_where_given():
-    ids = users_column([10, 10])
-    labels = ["test"] * 3 + [None] * 17
-    split = row_protocol_split(ids, labels=labels, validation_fraction=0.1, test_fraction=0.2)
-    assert {0, 1, 2} <= set(split.test)
-    assert len(split.train) + len(split.test) + len(split.validation) == 20
-    assert split.seen_users == ("u0", "u1")
-    with pytest.raises(ValueError, match="unknown split label"):
-        row_protocol_split(ids, labels=["bogus"] * 20)
-
-
-def test_parse_k():
-    assert parse_k("0, 4,all") == [0, 4, "all"]
-    with pytest.raises(ValueError, match="non-negative integer or 'all'"):
-        parse_k("4,-1")
 
 
 def test_a_k_with_no_eligible_user_is_an_empty_row_not_a_crash():

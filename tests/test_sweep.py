@@ -19,9 +19,9 @@ from ray import tune
 from jobs.sweep import SweepConfig, sweep
 from personal_rm.config import load_config, parse_config
 from personal_rm.data.splits import user_protocol_split
+from personal_rm.methods import MethodsConfig
 from personal_rm.mrm import MetaRewardModel, MRMConfig
 from personal_rm.prepare import Prepared
-from personal_rm.serving.state import StateConfig
 from personal_rm.tuning import SweepData, apply_params, scaled_mrm, validation_accuracy
 from serve_app.deploy import ServeJobConfig
 
@@ -61,7 +61,7 @@ def test_a_bad_search_space_fails_before_any_trial(space, complaint):
 def test_search_space_from_the_command_line():
     config = parse_config(SweepConfig, ["--search_space", "{scaling.m: {grid: [0, 4]}}"])
     assert config.search_space == {"scaling.m": {"grid": [0, 4]}}
-    assert apply_params(StateConfig(), {"scaling.m": np.int64(4)}).scaling.m == 4
+    assert apply_params(MethodsConfig(), {"scaling.m": np.int64(4)}).scaling.m == 4
 
 
 def test_the_objective_reads_validation_users_only_and_tells_models_apart(one_thread, prepared):
@@ -71,7 +71,7 @@ def test_the_objective_reads_validation_users_only_and_tells_models_apart(one_th
     assert set(data.train.users()) == set(split.seen_users)  # no unseen (test) user anywhere
     assert len(data.val_train) + len(data.val_test) == len(data.validation)
 
-    state = apply_params(StateConfig(), {"prototypes.representation": "preference"})
+    state = apply_params(MethodsConfig(), {"prototypes.representation": "preference"})
 
     def objective(config: MRMConfig) -> dict[str, float]:
         mrm = MetaRewardModel(config)
@@ -154,7 +154,7 @@ def test_sweep_stops_the_weak_trial_resumes_and_writes_a_servable_winner(
     out = config.out
     served = parse_config(ServeJobConfig, ["--config", str(out / "sweep_best.yaml")])
     assert served.state.mrm.init == "global" and served.state.mrm.epochs == 6
-    assert served.state.scaling.m == good["params"]["scaling.m"] == served.app.scaling.m
+    assert served.state.scaling.m == good["params"]["scaling.m"]  # the served requests' default
     assert served.app.state_dir == out / "sweep_state"
     assert json.loads((out / "sweep.json").read_text())["best"]["trial"] == good["trial"]
     table = (out / "sweep.md").read_text()

@@ -11,16 +11,15 @@ stand-in teacher that is not a language model (see `backends.heuristic`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Discriminator, Field, Tag
 
+from personal_rm.config import Config
 from personal_rm.pgenrm.prompt import Message
 
 
-class SamplingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SamplingConfig(Config):
     max_new_tokens: int = Field(512, description="Most tokens generated per sample.")
     temperature: float = Field(1.0, description="0 is greedy (then n samples are identical).")
     top_p: float = Field(1.0, description="Nucleus sampling mass.")
@@ -35,27 +34,57 @@ class GenerationBackend(Protocol):
         ...
 
 
-class BackendConfig(BaseModel):
-    """One flat config for every kind: fields that a kind does not use are ignored by it."""
+# One config class per kind, so a field that a kind does not use is an error, not ignored.
 
-    model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["transformers", "vllm", "openai", "heuristic"] = Field(
-        "transformers", description="transformers, vllm, openai, or the heuristic CPU teacher."
-    )
-    model: str = Field("", description="Model folder (transformers, vllm) or served model name.")
-    device: str = Field("cpu", description="transformers: torch device.")
+class TransformersBackendConfig(Config):
+    kind: Literal["transformers"] = "transformers"
+    model: str = Field("", description="Model folder (any Hugging Face causal LM).")
+    device: str = Field("cpu", description="torch device.")
     dtype: str = Field("float32", description="Weights dtype: float32, bfloat16, float16.")
-    batch_size: int = Field(8, description="transformers: prompts per generate call.")
-    tensor_parallel_size: int = Field(1, description="vllm: GPUs per model replica.")
-    gpu_memory_utilization: float = Field(0.9, description="vllm: share of GPU memory to use.")
-    max_model_len: int | None = Field(None, description="vllm: context length (default: model's).")
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (required on CPU).")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server's /v1 URL.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: env variable with the key.")
-    timeout_s: float = Field(120.0, description="openai: seconds per request before a retry.")
-    max_retries: int = Field(3, description="openai: retries of a failed request, then raise.")
-    concurrency: int = Field(8, description="openai: requests in flight at once.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+
+
+class VLLMBackendConfig(Config):
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field("", description="Model folder.")
+    dtype: str = Field("auto", description="Weights dtype (auto: the model's; bfloat16 on CPU).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory.")
+    max_model_len: int | None = Field(None, description="Context length (default: the model's).")
+    enforce_eager: bool = Field(False, description="No CUDA graphs (required on CPU).")
+
+
+class OpenAIBackendConfig(Config):
+    kind: Literal["openai"] = "openai"
+    model: str = Field("", description="The served model's name.")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="The server's /v1 URL.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds per request before a retry.")
+    max_retries: int = Field(3, ge=0, description="Retries of a failed request, then raise.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+
+
+class HeuristicBackendConfig(Config):
+    """The CPU stand-in teacher (`backends.heuristic`): not a language model, no settings."""
+
+    kind: Literal["heuristic"] = "heuristic"
+
+
+def _kind(value: Any) -> str:
+    """The tag of a backend config; transformers when a mapping names none."""
+    if isinstance(value, dict):
+        return value.get("kind", "transformers")
+    return getattr(value, "kind", "transformers")
+
+
+BackendConfig = Annotated[
+    Annotated[TransformersBackendConfig, Tag("transformers")]
+    | Annotated[VLLMBackendConfig, Tag("vllm")]
+    | Annotated[OpenAIBackendConfig, Tag("openai")]
+    | Annotated[HeuristicBackendConfig, Tag("heuristic")],
+    Discriminator(_kind),
+]
 
 
 def chat_text(tokenizer: Any, messages: Sequence[Message]) -> str:
@@ -70,13 +99,13 @@ def distinct_samples(n: int, sampling: SamplingConfig) -> int:
 
 
 def build_backend(config: BackendConfig) -> GenerationBackend:
-    if config.kind == "transformers":
+    if isinstance(config, TransformersBackendConfig):
         from personal_rm.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend.load(
             config.model, config.device, config.dtype, config.batch_size
         )
-    if config.kind == "vllm":
+    if isinstance(config, VLLMBackendConfig):
         from personal_rm.backends.vllm_backend import VLLMBackend
 
         return VLLMBackend(
@@ -87,7 +116,7 @@ def build_backend(config: BackendConfig) -> GenerationBackend:
             gpu_memory_utilization=config.gpu_memory_utilization,
             enforce_eager=config.enforce_eager,
         )
-    if config.kind == "openai":
+    if isinstance(config, OpenAIBackendConfig):
         import os
 
         from personal_rm.backends.openai_backend import OpenAIBackend
@@ -108,7 +137,11 @@ def build_backend(config: BackendConfig) -> GenerationBackend:
 __all__ = [
     "BackendConfig",
     "GenerationBackend",
+    "HeuristicBackendConfig",
+    "OpenAIBackendConfig",
     "SamplingConfig",
+    "TransformersBackendConfig",
+    "VLLMBackendConfig",
     "build_backend",
     "chat_text",
     "distinct_samples",

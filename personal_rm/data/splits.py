@@ -1,10 +1,7 @@
-"""Deterministic train/test splits for the two protocols of the personalization literature.
-
-(a) user protocol (MRM, LoRe): users are split into seen / validation / unseen; every user's
-    comparisons are split into a train part and a test part; an unseen user adapts on a
-    k-shot support set drawn from its train part and is scored on its test part.
-(b) row protocol (PersonalRewardBench): every user is seen; each user's rows are split into
-    train / validation / test, by the dataset's own `split` labels when it has them.
+"""Deterministic splits of the user protocol (MRM, LoRe): users are split into seen /
+validation / unseen; every user's comparisons are split into a train part and a test part; an
+unseen user adapts on a k-shot support set drawn from its train part and is scored on its
+test part.
 
 Everything works on the `user_ids` column alone, so it serves `Comparison` lists and
 `PairSet`s alike. Per-user randomness is seeded by (seed, user id), so one user's support
@@ -24,20 +21,6 @@ import numpy as np
 KShot = int | Literal["all"]
 
 
-def parse_k(text: str) -> list[KShot]:
-    """'0,4,8,all' -> [0, 4, 8, 'all']."""
-    values: list[KShot] = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "all":
-            values.append("all")
-        elif item.isdigit():
-            values.append(int(item))
-        else:
-            raise ValueError(f"k must be a non-negative integer or 'all', got {item!r}")
-    return values
-
-
 def user_rng(seed: int, user: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(user.encode())])
 
@@ -53,14 +36,13 @@ def rows_by_user(user_ids: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices of one protocol. `train` and `test` cover every user of every group."""
+    """Row indices of a split. `train` and `test` cover every user of every group."""
 
     seen_users: tuple[str, ...]
     validation_users: tuple[str, ...]
     unseen_users: tuple[str, ...]
     train: np.ndarray
     test: np.ndarray
-    validation: np.ndarray  # row protocol only: each user's validation rows
 
     def rows_of(self, rows: np.ndarray, users: Sequence[str], user_ids: np.ndarray) -> np.ndarray:
         """The subset of `rows` that belongs to `users`."""
@@ -97,37 +79,7 @@ def user_protocol_split(
         tuple(unseen),
         np.sort(np.concatenate(train)),
         np.sort(np.concatenate(test)),
-        np.array([], np.int64),
     )
-
-
-def row_protocol_split(
-    user_ids: np.ndarray,
-    *,
-    labels: Sequence[str | None] | None = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Split:
-    """Protocol (b). `labels` ('train'/'val'/'test' per row, e.g. PersonalRewardBench's
-    `split`) win where given; unlabelled rows are split per user by the fractions."""
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for user, rows in rows_by_user(user_ids).items():
-        rows = user_rng(seed, user).permutation(rows)
-        n_test = round(test_fraction * len(rows))
-        n_val = round(validation_fraction * len(rows))
-        drawn = ["test"] * n_test + ["val"] * n_val + ["train"] * (len(rows) - n_test - n_val)
-        for row, part in zip(rows, drawn, strict=True):
-            label = labels[row] if labels is not None else None
-            label = {"validation": "val", "dev": "val"}.get(label, label) if label else part
-            if label not in parts:
-                raise ValueError(f"row {row}: unknown split label {label!r}")
-            parts[label].append(np.array([row]))
-    as_rows = {
-        k: np.sort(np.concatenate(v)) if v else np.array([], np.int64) for k, v in parts.items()
-    }
-    users = tuple(sorted(rows_by_user(user_ids)))
-    return Split(users, (), (), as_rows["train"], as_rows["test"], as_rows["val"])
 
 
 def k_shot(

@@ -4,11 +4,16 @@ A chain is an inferred *persona* (how this user judges), a *rubric* of weighted 
 fit the scenario, per-response per-criterion scores (1-10) and a verdict. Final scores are
 always recomputed as Σ weight · score, so a verdict is an arithmetic consequence of the
 rubric, never a free-floating claim; a chain whose stated totals disagree is flagged.
-Every judge (the LLM judge, the CPU rubric judge) emits these same objects.
+Every judge (the LLM judge, the CPU rubric judge) emits these same objects, and hands them to
+test-time scaling as `Samples`: the chains' final scores as one array.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WEIGHT_TOLERANCE = 1e-3
@@ -95,3 +100,30 @@ class EvaluationChain(BaseModel):
     def verdict_follows_scores(self) -> bool:
         finals = self.final_scores()
         return finals[self.verdict] == max(finals)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A judge's chains for several histories on one request (or, for a feature judge, on a
+    leading batch of requests), as what scaling needs: the final scores, NaN where a chain
+    failed to parse. The chains themselves travel only when asked (a server's return_chains):
+    the rubric judge's scores are one matmul, its chains a Python loop."""
+
+    scores: np.ndarray  # (..., histories, n, R)
+    chains: list[list[EvaluationChain | None]] | None = None  # (histories, n)
+
+    @classmethod
+    def of_chains(
+        cls, chains: Sequence[Sequence[EvaluationChain | None]], n_responses: int, keep: bool
+    ) -> Samples:
+        scores = np.full((len(chains), max(map(len, chains), default=0), n_responses), np.nan)
+        for h, row in enumerate(chains):
+            for j, chain in enumerate(row):
+                if chain is not None:
+                    scores[h, j] = chain.final_scores()
+        return cls(scores, [list(row) for row in chains] if keep else None)
+
+    def __repr__(self) -> str:
+        # Shapes, not values: asyncio (CPython 3.11) reprs a finished task's result on every
+        # `asyncio.run`, and printing the arrays cost a millisecond per scaled request.
+        return f"Samples(scores={self.scores.shape}, chains={self.chains is not None})"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from personal_rm.config import Config
 from personal_rm.data import Comparison
 from personal_rm.data.splits import Split
 from personal_rm.pgenrm.chain import EvaluationChain
@@ -26,10 +27,8 @@ from personal_rm.pgenrm.prompt import render_messages
 from personal_rm.prepare import SplitConfig
 
 
-class ChainDataConfig(BaseModel):
+class ChainDataConfig(Config):
     """What the generative-judge jobs read and how the judge sees it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str = Field(
         "llmfao", description="A file in the normalized schema, or a dataset name (llmfao ships)."

@@ -24,7 +24,7 @@ from personal_rm.backends import GenerationBackend, SamplingConfig
 from personal_rm.data import Comparison
 from personal_rm.data.splits import user_rng
 from personal_rm.metrics import summarize
-from personal_rm.pgenrm.chain import EvaluationChain
+from personal_rm.pgenrm.chain import EvaluationChain, Samples
 from personal_rm.pgenrm.parser import ParseFailure, ParseResult, parse_chain
 from personal_rm.pgenrm.prompt import JudgeRequest, render_messages, shuffle_order, unshuffle
 
@@ -175,6 +175,18 @@ class LLMJudge:
     ) -> None:
         self.backend, self.sampling = backend, sampling
         self.history_size, self.max_text_chars = history_size, max_text_chars
+
+    def sample(
+        self,
+        histories: Sequence[Sequence[Comparison]],
+        request: TextRequest,
+        n: int,
+        seed: int,
+        chains: bool = False,
+    ) -> Samples:
+        """`sample_chains` as scaling reads it: final scores, NaN where a chain failed."""
+        found = self.sample_chains(histories, request, n, seed)
+        return Samples.of_chains(found, len(request.responses), keep=chains)
 
     def sample_chains(
         self, histories: Sequence[Sequence[Comparison]], request: TextRequest, n: int, seed: int

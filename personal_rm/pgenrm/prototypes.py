@@ -5,8 +5,7 @@
 A user is one unit vector, from either
 - "chain": the mean embedding of the texts (persona and weighted criteria) of the user's
   chains on their own comparisons, one text per comparison as the released P-GenRM code
-  embeds them; a single new request's chain text lives in the same space, so a request can be
-  assigned too; or
+  embeds them; or
 - "preference": the mean feature difference chosen - rejected, a judge-free summary.
 K-means on the unit vectors (scikit-learn; MiniBatchKMeans above `minibatch_above` users)
 gives K prototypes. Assignment is the nearest centroid by cosine (O(K d), independent of how
@@ -26,21 +25,27 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
+from personal_rm.artefacts import Artefact
+from personal_rm.config import Config
 from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
 from personal_rm.pgenrm.chain import EvaluationChain
 
 
-class PrototypeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PrototypeConfig(Config):
+    """Defaults: chosen on llmfao's validation users with the scaling defaults
+    (bench/results/scaling_llmfao.md: chain vectors, K=4, no refinement)."""
 
     representation: Literal["chain", "preference"] = Field(
-        "chain", description="User vectors from chain texts (P-GenRM) or preference differences."
+        "chain",
+        description="User vectors from chain texts (P-GenRM; validated) or preference differences.",
     )
-    k: int = Field(8, ge=1, description="Number of prototypes K (capped at the number of users).")
+    k: int = Field(
+        4, ge=1, description="Number of prototypes K (capped at the number of users); validated: 4."
+    )
     minibatch_above: int = Field(
         20_000, ge=1, description="Users beyond which MiniBatchKMeans replaces exact KMeans."
     )
@@ -140,7 +145,7 @@ class PrototypeIndex:
         return np.argmax(np.asarray(vectors, dtype=np.float32) @ self.centroids.T, axis=-1)
 
     def assign(self, vector: np.ndarray) -> int:
-        """Prototype of a user vector, or of one request's chain-text vector."""
+        """Prototype of a user vector."""
         return int(self.assign_many(vector[None])[0])
 
     def members(self, prototype: int) -> np.ndarray:
@@ -159,6 +164,26 @@ class PrototypeIndex:
         if self.histories is None:
             raise ValueError("this index was built without member histories")
         return self.histories.take(self._history_rows.get(user, np.array([], np.int64)))
+
+    def to_artefact(self) -> Artefact:
+        """Centroids, members and their vectors; not the histories (the shards hold them)."""
+        arrays = {"centroids": self.centroids, "vectors": self.vectors, "labels": self.labels}
+        return Artefact(arrays, {"users": [str(u) for u in self.users]})
+
+    @classmethod
+    def from_artefact(cls, artefact: Artefact) -> PrototypeIndex:
+        """The saved index bit for bit, without histories. Not through `__init__`: normalising
+        the saved unit vectors again would move half of them by an ulp."""
+        arrays = artefact.arrays
+        index = cls.__new__(cls)
+        index.centroids, index.vectors = arrays["centroids"], arrays["vectors"]
+        index.users = np.asarray(artefact.meta["users"], dtype=object)
+        index.labels = arrays["labels"]
+        index.offsets = np.searchsorted(index.labels, np.arange(len(index.centroids) + 1))
+        index.histories, index._history_rows = None, {}
+        if not len(index.users) == len(index.vectors) == len(index.labels):
+            raise ValueError("an index needs one vector and one label per member")
+        return index
 
 
 def refine(index: PrototypeIndex, config: PrototypeConfig) -> np.ndarray:

@@ -25,11 +25,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from personal_rm.artefacts import Artefact
+from personal_rm.config import Config
 from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
 from personal_rm.mrm import (
+    MetaLearningConfig,
     MetaRewardModel,
     MRMConfig,
     MRMNet,
@@ -37,7 +40,7 @@ from personal_rm.mrm import (
     build_net,
     meta_train_selected,
 )
-from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore, Samples
 from personal_rm.reward import LinearReward
 
 ASPECTS = ("style", "content_and_structure", "core_values")  # the `Persona` fields
@@ -97,9 +100,10 @@ LIBRARY: tuple[LibraryCriterion, ...] = tuple(
 OTHER = "other criteria"  # the chain line that folds the criteria outside the top ones
 
 
-class RubricTrainingConfig(MRMConfig):
-    """MRM's config with the defaults a ~40-criterion mixture needs (num_bases is set to the
-    library size by the judge)."""
+class RubricTrainingConfig(MetaLearningConfig):
+    """MRM's meta-learning loop with the defaults a ~40-criterion mixture needs. The bases are
+    not configurable: one linear head per library criterion, started from the global reward
+    along its description (`RubricConfig.text_step`)."""
 
     inner_lr: float = Field(
         10.0,
@@ -111,9 +115,7 @@ class RubricTrainingConfig(MRMConfig):
     epochs: int = Field(60, ge=1, description="Passes over seen users; cosine-decayed lr.")
 
 
-class RubricConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RubricConfig(Config):
     text_step: float = Field(
         0.3,
         ge=0,
@@ -140,7 +142,8 @@ class RubricJudge:
     """Personal rubrics over named criteria: a `RewardModel` and a chain-writing judge.
 
     `personalize` gives each user's point-estimate rubric as a linear reward (the greedy
-    chain); `sample_chains` draws N rubrics per history from the bootstrap posterior.
+    chain); `sample` draws N rubrics per history from the bootstrap posterior and scores a
+    request with each (test-time scaling's judge).
     """
 
     def __init__(
@@ -152,8 +155,12 @@ class RubricJudge:
     ) -> None:
         self.config = config or RubricConfig()
         self.encoder, self.criteria, self.name = encoder, tuple(criteria), name
-        self.mrm_config = self.config.training.model_copy(
-            update={"num_bases": len(self.criteria), "head": "linear", "init": "global"}
+        self.mrm_config = MRMConfig(
+            **self.config.training.model_dump(),
+            num_bases=len(self.criteria),
+            head="linear",
+            init="global",
+            init_noise=0.0,  # the heads start at the global reward plus their text step
         )
         self.net: MRMNet | None = None
         self.epochs_log: list[dict[str, float]] = []
@@ -167,9 +174,39 @@ class RubricJudge:
             LibraryCriterion(f"base reward {i + 1}", "core_values", f"MRM base reward {i + 1}.")
             for i in range(model.net.num_bases)
         ]
-        config = RubricConfig(training=RubricTrainingConfig(**model.config.model_dump()))
+        loop = model.config.model_dump(include=set(MetaLearningConfig.model_fields))
+        config = RubricConfig(training=RubricTrainingConfig(**loop))
         judge = cls(config, criteria=criteria, name=model.name)
         judge.net = model.net
+        return judge
+
+    # -- artefact (personal_rm.artefacts) -------------------------------------------------------
+
+    def to_artefact(self) -> Artefact:
+        """The net's parameters as arrays; config, criteria and what rebuilds the net as JSON.
+        The encoder is not part of it (the loader is given one)."""
+        meta = {
+            "name": self.name,
+            "config": self.config.model_dump(mode="json"),
+            "criteria": [list(c) for c in self.criteria],
+            "mrm_config": self.mrm_config.model_dump(mode="json"),
+            "dim": None if self.net is None else self.net.dim,
+            "epochs_log": self.epochs_log,
+        }
+        net = {} if self.net is None else self.net.state_dict()
+        return Artefact({k: v.detach().cpu().numpy() for k, v in net.items()}, meta)
+
+    @classmethod
+    def from_artefact(cls, artefact: Artefact, encoder: TextEncoder | None = None) -> RubricJudge:
+        meta = artefact.meta
+        criteria = [LibraryCriterion(*c) for c in meta["criteria"]]
+        judge = cls(RubricConfig.model_validate(meta["config"]), encoder, criteria, meta["name"])
+        judge.mrm_config = MRMConfig.model_validate(meta["mrm_config"])
+        judge.epochs_log = meta["epochs_log"]
+        if meta["dim"] is not None:
+            judge.net = MRMNet(meta["dim"], judge.mrm_config)
+            judge.net.load_state_dict({k: torch.from_numpy(v) for k, v in artefact.arrays.items()})
+            judge.net.eval()  # as fitting leaves it (no layer behaves differently in training)
         return judge
 
     # -- training ------------------------------------------------------------------------------
@@ -185,7 +222,7 @@ class RubricJudge:
     def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
         """Meta-train the criterion heads (MRM), keeping the epoch best on validation users."""
         cfg = self.mrm_config
-        net = build_net(train, cfg.model_copy(update={"init_noise": 0.0}))  # heads = global BT
+        net = build_net(train, cfg)  # heads = the global BT reward
         with torch.no_grad():
             step = self.config.text_step * net.weight.norm(dim=1, keepdim=True)
             net.weight += step * torch.as_tensor(self.text_directions(), dtype=net.weight.dtype)
@@ -213,6 +250,13 @@ class RubricJudge:
         heads = self.heads
         return {u: LinearReward(w @ heads) for u, w in self.rubrics(support, users).items()}
 
+    @property
+    def prior(self) -> np.ndarray:
+        """w0 (K,): the rubric of a user with no history."""
+        if self.net is None:
+            raise RuntimeError("fit the rubric judge first")
+        return self.rubrics(PairSet.empty(self.net.dim), ["prior"])["prior"]
+
     def sample_rubrics(
         self, histories: Sequence[PairSet], n: int, seed: int, max_rows: int = 200_000
     ) -> list[np.ndarray]:
@@ -231,7 +275,7 @@ class RubricJudge:
             for j, rows in enumerate(rng.integers(0, len(history), (n, len(history)))):
                 ids = np.full(len(rows), f"{i}:{j}", dtype=object)
                 parts.append(PairSet(ids, history.chosen[rows], history.rejected[rows]))
-        weights = self.rubrics(PairSet.empty(self.net.dim), ["prior"])
+        weights = {"prior": self.prior}
         step = max(1, max_rows // max([len(h) for h in histories] + [1]))
         for start in range(0, len(parts), step):
             merged = PairSet.concat(parts[start : start + step])
@@ -298,14 +342,24 @@ class RubricJudge:
             text[aspect] = " ".join(self.criteria[j].description for j in top) or "No preference."
         return Persona(**text)
 
-    def sample_chains(
-        self, histories: Sequence[PairSet], request: np.ndarray, n: int, seed: int
-    ) -> list[list[EvaluationChain]]:
-        """n chains for each history on one request, (R, d) response features, in one batch."""
-        return [
-            [self.chain(w, request) for w in draws]
-            for draws in self.sample_rubrics(histories, n, seed)
-        ]
+    def sample(
+        self,
+        histories: Sequence[PairSet],
+        request: np.ndarray,
+        n: int,
+        seed: int,
+        chains: bool = False,
+    ) -> Samples:
+        """n chains for each history on a request, (R, d) response features, in one batch."""
+        return self.score_draws(np.stack(self.sample_rubrics(histories, n, seed)), request, chains)
+
+    def score_draws(self, draws: np.ndarray, request: np.ndarray, chains: bool = False) -> Samples:
+        """The chains of (H, n, K) rubric draws on a request (R, d), or on a batch (..., R, d):
+        their final scores are criterion scores @ weights, one matmul for the whole batch; the
+        chains are rendered (for an unbatched request) only when asked."""
+        scores = np.einsum("...rk,hnk->...hnr", self.criterion_scores(request), draws)
+        rendered = [[self.chain(w, request) for w in row] for row in draws] if chains else None
+        return Samples(scores, rendered)
 
     def history_chains(self, pairs: PairSet) -> dict[str, list[EvaluationChain]]:
         """Each user's point-estimate chain on each of their own comparisons (chosen first):

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from personal_rm.backends import GenerationBackend, SamplingConfig, chat_text
+from personal_rm.config import Config
 from personal_rm.pgenrm.chain import EvaluationChain
 from personal_rm.pgenrm.llm_judge import agrees
 from personal_rm.pgenrm.parser import parse_chain
@@ -29,9 +30,7 @@ from personal_rm.pgenrm.prompt import CHAIN_END, Message, unshuffle
 IGNORE = -100
 
 
-class SFTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SFTConfig(Config):
     epochs: int = Field(3, description="Passes over the accepted chains.")
     batch_size: int = Field(8, description="Rows per step per worker.")
     lr: float = Field(1e-5, description="AdamW learning rate (1e-5 for real LLMs; tiny: 3e-3).")
@@ -41,9 +40,7 @@ class SFTConfig(BaseModel):
     seed: int = Field(0, description="Seed of the row order.")
 
 
-class GRPOConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GRPOConfig(Config):
     epochs: int = Field(1, description="Passes over the RL prompts.")
     prompts_per_step: int = Field(4, description="Prompts per step per worker.")
     group_size: int = Field(4, description="G chains sampled per prompt.")

