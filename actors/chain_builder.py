@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from personal_rm.backends import BackendConfig, SamplingConfig, build_backend
 from personal_rm.pgenrm.chain_data import chain_row, done_ids, open_for_append
 from personal_rm.pgenrm.llm_judge import JudgeTask, judge_tasks
+from personal_rm.pgenrm.prompt import PromptBudget
 
 
 @ray.remote
@@ -32,15 +33,13 @@ class ChainBuilder:
         tasks: Sequence[JudgeTask],
         tries: int,
         sampling: SamplingConfig,
-        max_text_chars: int | None,
+        budget: PromptBudget,
         provenance: dict[str, Any],
     ) -> list[dict]:
         """R = `tries` chains per task in one call (one prefill each on vLLM); keep the first
         acceptable one (rejection sampling)."""
-        judged = judge_tasks(
-            self.backend, tasks, n=tries, sampling=sampling, max_text_chars=max_text_chars
-        )
-        return [chain_row(j, max_text_chars, provenance) for j in judged]
+        judged = judge_tasks(self.backend, tasks, n=tries, sampling=sampling, budget=budget)
+        return [chain_row(j, budget, provenance) for j in judged]
 
 
 def build_chains(
@@ -50,7 +49,7 @@ def build_chains(
     *,
     tries: int,
     sampling: SamplingConfig,
-    max_text_chars: int | None,
+    budget: PromptBudget,
     provenance: dict[str, Any],
     num_actors: int = 2,
     actor_options: dict[str, Any] | None = None,
@@ -70,9 +69,7 @@ def build_chains(
     pool = ActorPool(actors)
     with open_for_append(out) as sink, tqdm(total=len(todo), desc="chains", unit="cmp") as bar:
         for rows in pool.map_unordered(
-            lambda actor, batch: actor.build.remote(
-                batch, tries, sampling, max_text_chars, provenance
-            ),
+            lambda actor, batch: actor.build.remote(batch, tries, sampling, budget, provenance),
             batches,
         ):
             sink.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from personal_rm.config import Config
+from personal_rm.models import resolve_model
 from personal_rm.pgenrm.training import (
     GRPOConfig,
     SFTConfig,
@@ -219,7 +220,7 @@ def fit_genrm(
     if stage == "rl" and distributed.strategy == "fsdp":
         raise ValueError("the RL stage samples from the live policy: use strategy ddp")
     storage_path = str(distributed.storage_path.resolve())
-    local = Path(model).expanduser()
+    local = Path(resolve_model(model)).expanduser()  # a named model is converted here, once
     loop = {
         stage: config.model_dump(),
         "rows": ray.put(rows),

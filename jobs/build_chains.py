@@ -4,10 +4,12 @@
     python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \\
         --teacher.tensor_parallel_size 2 --actor_gpus 2 --tries 4 --out results/chains/chains.jsonl
 
-For each seen user's training comparison, the teacher sees h of the user's other training
-comparisons (leave-one-out) and the two responses in a seeded random order, and samples
-`--tries` chains; the first chain that prefers the user's actual choice, with consistent
-scores, becomes the SFT target (rejection sampling). Every comparison gets a row, accepted or
+For each seen user's training comparison, the teacher sees the user's other training
+comparisons (leave-one-out: h drawn, the latest that fit in `--history_tokens` of the
+student's tokenizer shown, texts clipped, since this prompt is the student's SFT prompt) and
+the two responses in a seeded random order, and samples `--tries` chains; the first chain
+that prefers the user's actual choice, with consistent scores, becomes the SFT target
+(rejection sampling). Every comparison gets a row, accepted or
 not, with provenance; a rerun skips rows already written. The default teacher is the
 heuristic CPU stand-in (`personal_rm/backends/heuristic.py`): not an LLM, labelled as such
 in each row's provenance.
@@ -53,10 +55,12 @@ def run(config: BuildChainsConfig) -> dict[str, int]:
     connect(config.address)
     provenance = {
         "teacher": config.teacher.kind,
-        "teacher_model": config.teacher.model or None,
+        "teacher_model": getattr(config.teacher, "model", "") or None,  # heuristic: none
         "stand_in_teacher": config.teacher.kind == "heuristic",
         "temperature": config.sampling.temperature,
         "history_size": config.history_size,
+        "history_tokens": config.history_tokens,
+        "max_text_chars": config.max_text_chars,
         "data": config.data,
         "seed": config.seed,
     }
@@ -66,7 +70,7 @@ def run(config: BuildChainsConfig) -> dict[str, int]:
         config.teacher,
         tries=config.tries,
         sampling=config.sampling,
-        max_text_chars=config.max_text_chars,
+        budget=config.budget(),
         provenance=provenance,
         num_actors=config.num_actors,
         actor_options={"num_cpus": config.actor_cpus, "num_gpus": config.actor_gpus},

@@ -8,7 +8,8 @@ Each test comparison of the seen (and unseen) users is judged with h of the user
 comparisons as history, n chains sampled per comparison; its margin is the mean recomputed
 final-score difference over the chains that parse. Unparsed comparisons and ties count as
 wrong; the report also gives ties as 0.5 and the parsed-only accuracy that public code
-reports, and parse failures by cause. Writes `report.json` and `config.yaml` to `--out`.
+reports, and parse failures by cause, wall time and a few raw generations. Writes
+`report.json` and `config.yaml` to `--out`.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ class ScoreGenRMConfig(ChainDataConfig):
     )
     max_comparisons: int | None = Field(None, description="Only the first N per user group.")
     batch_size: int = Field(16, description="Comparisons per backend call (progress steps).")
+    keep_texts: int = Field(4, description="Raw generations kept in the report per user group.")
     backend: BackendConfig = TransformersBackendConfig()
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1536)
     split: SplitConfig = SplitConfig()
 
 
 def run(config: ScoreGenRMConfig) -> dict:
+    import time
+
     from tqdm.auto import tqdm
 
     from personal_rm.backends import build_backend
@@ -54,17 +58,21 @@ def run(config: ScoreGenRMConfig) -> dict:
         test = select(comparisons, split, split.test, users)[: config.max_comparisons]
         history = select(comparisons, split, split.train, users)
         tasks = make_tasks(test, history, config.history_size, config.seed)
-        judged = []
+        judged, start_s = [], time.perf_counter()
         for start in tqdm(range(0, len(tasks), config.batch_size), desc=f"{group} users"):
             judged += judge_tasks(
                 backend,
                 tasks[start : start + config.batch_size],
                 n=config.n,
                 sampling=config.sampling,
-                max_text_chars=config.max_text_chars,
+                budget=config.budget(),
             )
+        wall_s = time.perf_counter() - start_s
         report[group] = judge_report(judged, seed=config.seed)
         r = report[group]
+        r["wall_s"] = round(wall_s, 1)
+        r["samples_per_s"] = round(r["n_samples"] / wall_s, 4)
+        r["texts"] = [t for j in judged for t in j.texts][: config.keep_texts]
         print(
             f"{group}: {r['n_comparisons']} comparisons, parse failures "
             f"{r['parse_failure_rate']:.1%} {r['failures']}, accuracy "

@@ -2,6 +2,7 @@
 
     python -m jobs.train_genrm --model results/tiny --chains results/chains/chains.jsonl \\
         --sft.lr 3e-3 --rl.lr 1e-4 --out results/genrm
+    python -m jobs.train_genrm --model smollm2-135m --stages sft --sft.max_length 1024
     python -m jobs.train_genrm --model Qwen/Qwen3-1.7B --train.use_gpu true \\
         --train.num_workers 8 --train.dtype bfloat16 --stages sft,rl
 
@@ -27,12 +28,15 @@ from personal_rm.pgenrm.training import GRPOConfig, SFTConfig
 
 
 class TrainGenRMConfig(Config):
-    model: str = Field(..., description="Hugging Face model folder (or hub name) to start from.")
+    model: str = Field(
+        ..., description="Model to start from: a Hugging Face folder, a hub name, smollm2-135m."
+    )
     chains: Path = Field(
         Path("results/chains/chains.jsonl"), description="Chain rows from jobs.build_chains."
     )
     out: Path = Field(Path("results/genrm"), description="Folder for the trained models.")
     stages: list[Literal["sft", "rl"]] = Field(["sft", "rl"], description="Stages to run.")
+    sft_max_rows: int | None = Field(None, description="Only the first N accepted chains.")
     rl_max_rows: int | None = Field(None, description="Only the first N RL prompts.")
     address: str | None = Field(None, description="Ray cluster address; default: local.")
     sft: SFTConfig = SFTConfig()
@@ -49,7 +53,7 @@ def run(config: TrainGenRMConfig) -> dict[str, Path]:
     model, outputs, history = config.model, {}, {}
     for stage in config.stages:
         if stage == "sft":
-            rows, stage_config = sft_rows(config.chains), config.sft
+            rows, stage_config = sft_rows(config.chains)[: config.sft_max_rows], config.sft
         else:
             rows = list(read_chain_rows(config.chains))[: config.rl_max_rows]
             stage_config = config.rl

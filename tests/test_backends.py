@@ -109,9 +109,7 @@ def server(local):
 
 
 def test_openai_backend_against_a_real_local_server(server, local, prompts):
-    backend = build_backend(
-        OpenAIBackendConfig(model="tiny", base_url=server, concurrency=2)
-    )
+    backend = build_backend(OpenAIBackendConfig(model="tiny", base_url=server, concurrency=2))
     greedy = check_shape_and_sampling(backend, prompts)
     # The server really runs the model: same tokens as calling it in-process.
     assert [s[0] for s in greedy] == [s[0] for s in local.generate(prompts, 1, GREEDY)]

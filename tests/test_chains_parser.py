@@ -25,9 +25,11 @@ from personal_rm.pgenrm.prompt import (
     CHAIN_START,
     SYSTEM_PROMPT,
     JudgeRequest,
+    PromptBudget,
     read_request,
     render_chain,
     render_messages,
+    shown_length,
     unshuffle,
 )
 
@@ -140,11 +142,39 @@ def test_prompt_carries_history_and_round_trips():
     assert "Tea is fine: warm and kind." in messages[1]["content"]
     assert read_request(messages) == REQUEST
     cut = read_request(render_messages(REQUEST, max_text_chars=8))
-    assert cut.responses == ("Cats are…", "Cats are…")
+    assert cut.responses == ("Cats are…[14 chars]", "Cats are…[38 chars]")
+    assert [shown_length(r) for r in cut.responses] == [14, 38]  # the clip keeps the length
     assert read_request([{"role": "user", "content": "hello"}]) is None
     empty = JudgeRequest((), "Hi?", ("a", "b"))
     assert "no recorded choices" in render_messages(empty)[1]["content"]
     assert read_request(render_messages(empty)) == empty
+
+
+def test_history_budget_keeps_the_latest_examples_that_fit():
+    def words(text: str) -> int:  # a real counter, whitespace-split: 13 per example below
+        return len(text.split())
+
+    request = JudgeRequest(tuple((f"q{i}", "a b c", "d") for i in range(5)), "Q?", ("x", "y"))
+    shown = read_request(render_messages(request, history_tokens=30, count_tokens=words))
+    assert shown.history == request.history[-2:]
+    none = render_messages(request, history_tokens=5, count_tokens=words)
+    assert "no recorded choices" in none[1]["content"]
+    with pytest.raises(ValueError, match="count_tokens"):
+        render_messages(request, history_tokens=30)
+    with pytest.raises(ValueError, match="tokenizer"):
+        PromptBudget(history_tokens=30)
+
+
+def test_history_texts_are_clipped_apart_from_the_request():
+    shown = read_request(render_messages(REQUEST, max_text_chars=12, history_text_chars=6))
+    assert shown.history[0][1] == "Tea is…[27 chars]" and shown.prompt == "Tell me abou…[19 chars]"
+
+
+def test_rendered_chain_is_compact_json():
+    chain = write_chain(REQUEST, np.random.default_rng(0), temperature=1.0)
+    body = render_chain(chain).split(CHAIN_START)[1].split(CHAIN_END)[0].strip()
+    assert body == json.dumps(json.loads(body), ensure_ascii=False, separators=(",", ":"))
+    assert "description" not in body  # empty descriptions are not written
 
 
 texts = st.text(st.characters(blacklist_characters="<>"), max_size=60)

@@ -18,7 +18,7 @@ from personal_rm.backends import HeuristicBackendConfig, SamplingConfig
 from personal_rm.backends.transformers_backend import TransformersBackend
 from personal_rm.pgenrm.chain_data import open_for_append, read_chain_rows, sft_rows
 from personal_rm.pgenrm.llm_judge import judge_report, judge_tasks, make_tasks
-from personal_rm.pgenrm.prompt import render_messages
+from personal_rm.pgenrm.prompt import PromptBudget, render_messages
 from personal_rm.pgenrm.training import (
     IGNORE,
     GRPOConfig,
@@ -91,7 +91,7 @@ def test_build_chains_on_actors_then_resume(ray_session, tmp_path):
     options = {
         "tries": 3,
         "sampling": SamplingConfig(temperature=1.0),
-        "max_text_chars": 200,
+        "budget": PromptBudget(max_text_chars=200),
         "provenance": {"teacher": "heuristic"},
         "actor_options": {"num_cpus": 0.5},
         "batch_size": 4,
@@ -122,7 +122,7 @@ def test_sft_then_rl_on_ray_train(ray_session, model_dir, tmp_path):
         HeuristicBackendConfig(),
         tries=2,
         sampling=SamplingConfig(temperature=0.5),
-        max_text_chars=None,
+        budget=PromptBudget(),
         provenance={},
         actor_options={"num_cpus": 0.5},
         batch_size=64,

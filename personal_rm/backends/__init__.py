@@ -39,7 +39,9 @@ class GenerationBackend(Protocol):
 
 class TransformersBackendConfig(Config):
     kind: Literal["transformers"] = "transformers"
-    model: str = Field("", description="Model folder (any Hugging Face causal LM).")
+    model: str = Field(
+        "", description="Model folder (any Hugging Face causal LM) or a named one: smollm2-135m."
+    )
     device: str = Field("cpu", description="torch device.")
     dtype: str = Field("float32", description="Weights dtype: float32, bfloat16, float16.")
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
@@ -47,7 +49,7 @@ class TransformersBackendConfig(Config):
 
 class VLLMBackendConfig(Config):
     kind: Literal["vllm"] = "vllm"
-    model: str = Field("", description="Model folder.")
+    model: str = Field("", description="Model folder, or a named one: smollm2-135m.")
     dtype: str = Field("auto", description="Weights dtype (auto: the model's; bfloat16 on CPU).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory.")

@@ -21,13 +21,19 @@ import numpy as np
 
 from personal_rm.backends import SamplingConfig
 from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
-from personal_rm.pgenrm.prompt import JudgeRequest, Message, read_request, render_chain
+from personal_rm.pgenrm.prompt import (
+    JudgeRequest,
+    Message,
+    read_request,
+    render_chain,
+    shown_length,
+)
 
 _WORD = re.compile(r"[a-z0-9]{4,}")
 
 
 def _detail(prompt: str, text: str) -> float:
-    return math.log1p(len(text))
+    return math.log1p(shown_length(text))  # a clipped text's length is on its clip mark
 
 
 def _structure(prompt: str, text: str) -> float:
@@ -39,11 +45,12 @@ def _relevance(prompt: str, text: str) -> float:
     return len(asked & set(_WORD.findall(text.lower()))) / max(1, len(asked))
 
 
-# name -> (feature, description, persona phrase when the user wants more, ... when less)
-CRITERIA: dict[str, tuple[Callable[[str, str], float], str, str, str]] = {
-    "detail": (_detail, "how much the answer says", "thorough, detailed", "short, to the point"),
-    "structure": (_structure, "how the answer is laid out", "lists and steps", "one flowing block"),
-    "relevance": (_relevance, "stays on the prompt's terms", "on-topic answers", "broad answers"),
+# name -> (feature, persona phrase when the user wants more, ... when less). No criterion
+# descriptions: the names say it, and a small student learns a short chain faster.
+CRITERIA: dict[str, tuple[Callable[[str, str], float], str, str]] = {
+    "detail": (_detail, "thorough, detailed", "short, to the point"),
+    "structure": (_structure, "lists and steps", "one flowing block"),
+    "relevance": (_relevance, "on-topic answers", "broad answers"),
 }
 
 
@@ -90,9 +97,9 @@ def write_chain(
         for i in range(len(request.responses))
     ]
     totals = [s.stated_total for s in response_scores]
-    wants = {n: CRITERIA[n][2 if agreement[n] >= 0 else 3] for n in CRITERIA}
+    wants = {n: CRITERIA[n][1 if agreement[n] >= 0 else 2] for n in CRITERIA}
     analysis = (
-        f"From {len(request.history)} past choices: "
+        f"{len(request.history)} past choices: "
         + ", ".join(f"{n} {agreement[n]:+.1f}" for n in CRITERIA)
         + f". {max(weights, key=weights.get).capitalize()} matters most."
     )
@@ -103,7 +110,7 @@ def write_chain(
             content_and_structure=f"wants {wants['detail']}",
             core_values=f"values {wants['relevance']}",
         ),
-        rubric=[Criterion(name=n, description=CRITERIA[n][1], weight=weights[n]) for n in CRITERIA],
+        rubric=[Criterion(name=n, weight=weights[n]) for n in CRITERIA],
         scores=response_scores,
         verdict=int(np.argmax(totals)),
     )

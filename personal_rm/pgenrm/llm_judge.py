@@ -26,7 +26,7 @@ from personal_rm.data.splits import user_rng
 from personal_rm.metrics import summarize
 from personal_rm.pgenrm.chain import EvaluationChain, Samples
 from personal_rm.pgenrm.parser import ParseFailure, ParseResult, parse_chain
-from personal_rm.pgenrm.prompt import JudgeRequest, render_messages, shuffle_order, unshuffle
+from personal_rm.pgenrm.prompt import JudgeRequest, PromptBudget, shuffle_order, unshuffle
 
 
 def comparison_id(c: Comparison) -> str:
@@ -110,9 +110,11 @@ def judge_tasks(
     *,
     n: int,
     sampling: SamplingConfig,
-    max_text_chars: int | None = None,
+    budget: PromptBudget | None = None,
 ) -> list[Judged]:
-    prompts = [render_messages(t.request(), max_text_chars) for t in tasks]
+    """n chains per task; `budget` sizes the prompts (default: full texts, every example)."""
+    budget = budget or PromptBudget()
+    prompts = [budget.render(t.request()) for t in tasks]
     samples = backend.generate(prompts, n, sampling)
     return [
         Judged(task, texts, [parse_shown(text, task.order) for text in texts])
@@ -163,7 +165,8 @@ class TextRequest:
 
 class LLMJudge:
     """The generative judge behind `scaling.Judge`: a history is a user's comparisons (the
-    last `history_size` are shown), the request is texts. Every history's n chains come from
+    last `history_size` are candidates, as many of those as fit in `history_tokens` of
+    `tokenizer`'s tokens are shown), the request is texts. Every history's n chains come from
     one backend call; each history sees the responses in its own seeded shuffle."""
 
     def __init__(
@@ -172,9 +175,12 @@ class LLMJudge:
         sampling: SamplingConfig,
         history_size: int = 4,
         max_text_chars: int | None = 400,
+        history_tokens: int | None = None,
+        tokenizer: str | None = None,
+        history_text_chars: int | None = None,
     ) -> None:
-        self.backend, self.sampling = backend, sampling
-        self.history_size, self.max_text_chars = history_size, max_text_chars
+        self.backend, self.sampling, self.history_size = backend, sampling, history_size
+        self.budget = PromptBudget(max_text_chars, history_tokens, tokenizer, history_text_chars)
 
     def sample(
         self,
@@ -194,14 +200,13 @@ class LLMJudge:
         rng = np.random.default_rng(seed)
         orders = [shuffle_order(len(request.responses), rng) for _ in histories]
         prompts = [
-            render_messages(
+            self.budget.render(
                 judge_request(
                     history[max(0, len(history) - self.history_size) :],
                     request.prompt,
                     request.responses,
                     order,
-                ),
-                self.max_text_chars,
+                )
             )
             for history, order in zip(histories, orders, strict=True)
         ]
