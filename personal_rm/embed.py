@@ -75,6 +75,11 @@ class MiniLMEncoder:
         return out
 
 
+def text_key(model_id: str, text: str) -> str:
+    """What an embedding is cached under, by every cache (SQLite here, Parquet on Ray Data)."""
+    return hashlib.sha256(f"{model_id}\0{text}".encode()).hexdigest()
+
+
 class CachedEncoder:
     """Wraps an encoder with a SQLite cache: rows keyed by sha256(model id, text)."""
 
@@ -88,15 +93,12 @@ class CachedEncoder:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB)")
 
-    def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()
-
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         with self._lock:
             return self._encode(texts, progress)
 
     def _encode(self, texts: Sequence[str], progress: bool) -> np.ndarray:
-        keys = [self._key(t) for t in texts]
+        keys = [text_key(self.model_id, t) for t in texts]
         found: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
             chunk = keys[start : start + 900]

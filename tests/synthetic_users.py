@@ -51,3 +51,19 @@ def mixture_users(
     rejected = np.where(a_wins, b, a).astype(np.float32)
     users = np.array(names, dtype=object)[user_index]
     return SyntheticUsers(PairSet(users, chosen, rejected), weights, bases, names)
+
+
+def taste_vectors(
+    ids: np.ndarray, dim: int, clusters: int, spread: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster, unit vector) of the users numbered `ids`: a random taste of `clusters` plus
+    noise of norm ~`spread`. Seeded by the first id, so any block of users is generated
+    alone, the same every time (a Ray Data `map_batches` over `ray.data.range`)."""
+    tastes = np.random.default_rng(seed).standard_normal((clusters, dim)).astype(np.float32)
+    tastes /= np.linalg.norm(tastes, axis=1, keepdims=True)
+    rng = np.random.default_rng([seed, int(ids[0])])
+    cluster = rng.integers(0, clusters, len(ids))
+    vectors = rng.standard_normal((len(ids), dim), dtype=np.float32)
+    vectors *= spread / np.sqrt(dim)  # in place: stays float32
+    vectors += tastes[cluster]
+    return cluster, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -82,3 +82,22 @@ def test_shared_datasets_load_by_name(name, rows):
     if not shared_data_root().exists():
         pytest.skip("../shared/data is not beside this checkout")
     assert len(load_comparisons(name).comparisons) == rows
+
+
+def test_a_folder_or_glob_of_shards_reads_as_one_dataset(tmp_path):
+    """`--data` may name many shards (JSONL and Parquet mixed); an error names its own shard."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    first = [{**GOOD, "user_id": f"u{i}"} for i in range(3)]
+    write_jsonl(shards / "part-0.jsonl", first)
+    pq.write_table(pa.Table.from_pylist([{**GOOD, "user_id": "u9"}]), shards / "part-1.parquet")
+    (shards / "README.txt").write_text("not a shard")
+    for path in (shards, f"{shards}/part-*"):
+        users = [c.user_id for c in load_comparisons(path).comparisons]
+        assert users == ["u0", "u1", "u2", "u9"]
+    write_jsonl(shards / "part-2.jsonl", [GOOD, {**GOOD, "prompt": 7}])
+    with pytest.raises(DataError, match=r"part-2\.jsonl:2: field 'prompt'"):
+        load_comparisons(shards)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no shards"):
+        load_comparisons(tmp_path / "empty")

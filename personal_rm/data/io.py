@@ -2,11 +2,14 @@
 
 `load_comparisons(..., on_error="skip")` keeps going past malformed rows and returns them
 counted and located, so one bad line in a million never costs a whole run; the default
-raises on the first one, naming file, line and field.
+raises on the first one, naming file, line and field. A folder or a glob of shards reads as
+one dataset (shards in name order); object-store URIs are for the Ray Data reader
+(`actors.ingest`).
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -48,11 +51,11 @@ def shared_data_root() -> Path:
 
 
 def resolve_dataset(name_or_path: str | os.PathLike[str]) -> Path:
-    """Accept a file path or a dataset name (`llmfao`, `jester`, `global_dialogues`, ...)."""
+    """Accept a file, a folder or glob of shards, or a dataset name (`llmfao`, `jester`, ...)."""
     path = Path(name_or_path)
-    if path.exists():
-        return path
     name = str(name_or_path)
+    if path.exists() or (glob.has_magic(name) and glob.glob(name)):
+        return path
     if name in SHIPPED_DATASETS:
         return SHIPPED_DATASETS[name]
     if name in SHARED_DATASETS:
@@ -67,19 +70,21 @@ def resolve_dataset(name_or_path: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"no file {path} and no dataset of that name (known: {known})")
 
 
+def json_rows(lines: Iterable[str], source: str) -> Iterator[tuple[int, Any]]:
+    """`(line number, decoded row)` of JSON lines; an undecodable line as a `DataError`."""
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, DataError(RowError(source, number, None, f"invalid JSON: {exc.msg}"))
+
+
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield (
-                    number,
-                    DataError(RowError(str(path), number, None, f"invalid JSON: {exc.msg}")),
-                )
+        yield from json_rows(lines, str(path))
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -88,12 +93,25 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(pq.read_table(path).to_pylist(), start=1)
 
 
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
+
+
+def shard_files(path: Path) -> list[Path]:
+    """The files a dataset path names: itself, a folder's shards, or a glob's matches, in name
+    order (so rows come in the same order on every run)."""
+    if path.is_dir():
+        return sorted(f for f in path.iterdir() if f.name.endswith(SUFFIXES))
+    if glob.has_magic(str(path)):
+        return sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+    return [path]
+
+
 def read_numbered_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield `(line or row number, decoded row)`; undecodable lines come as a `DataError`."""
     if path.suffix == ".parquet":
         return _parquet_rows(path)
     # `.json` too: public comparison dumps (summarize-from-feedback) are JSON lines named so.
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
+    if path.name.endswith(SUFFIXES[1:]):
         return _json_lines(path)
     raise ValueError(f"{path}: unsupported format (use .jsonl(.gz), .json lines or .parquet)")
 
@@ -112,18 +130,22 @@ def collect(parsed: Iterable[Comparison | DataError], *, on_error: OnError = "ra
 
 
 def load_comparisons(path: str | os.PathLike[str], *, on_error: OnError = "raise") -> LoadResult:
-    """Load a file of the normalized schema `{user_id, prompt, chosen, rejected, meta}`."""
-    resolved = resolve_dataset(path)
+    """Load a file (or a folder or glob of shards) of the normalized schema `{user_id, prompt,
+    chosen, rejected, meta}`."""
+    shards = shard_files(resolve_dataset(path))
+    if not shards:
+        raise FileNotFoundError(f"{path}: no shards ({', '.join(SUFFIXES)})")
 
     def parse_all() -> Iterator[Comparison | DataError]:
-        for number, row in read_numbered_rows(resolved):
-            if isinstance(row, DataError):
-                yield row
-                continue
-            try:
-                yield parse_comparison(row, source=str(resolved), line=number)
-            except DataError as exc:
-                yield exc
+        for shard in shards:
+            for number, row in read_numbered_rows(shard):
+                if isinstance(row, DataError):
+                    yield row
+                    continue
+                try:
+                    yield parse_comparison(row, source=str(shard), line=number)
+                except DataError as exc:
+                    yield exc
 
     return collect(parse_all(), on_error=on_error)
 

@@ -92,6 +92,22 @@ def text_vectors(texts: Mapping[str, Sequence[str]], encoder: TextEncoder) -> di
     return {u: unit(emb[[row[t] for t in ts]].mean(0)) for u, ts in texts.items() if ts}
 
 
+def kmeans_centroids(x: np.ndarray, config: PrototypeConfig) -> np.ndarray:
+    """K centroids of the (n, d) unit vectors: exact KMeans for a few users, MiniBatchKMeans
+    beyond `minibatch_above` (the fit of a whole index, or of a sample of a larger one)."""
+    k = min(config.k, len(x))
+    if len(x) > config.minibatch_above:
+        km = MiniBatchKMeans(k, batch_size=4096, n_init=1, random_state=config.seed)
+    else:
+        km = KMeans(k, n_init=4, random_state=config.seed)
+    return km.fit(x).cluster_centers_
+
+
+def nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest unit centroid by cosine (a vector's own norm cannot change its argmax)."""
+    return np.argmax(np.asarray(vectors, dtype=np.float32) @ centroids.T, axis=-1)
+
+
 class PrototypeIndex:
     """Centroids, members sorted by prototype (prototype p owns rows offsets[p]:offsets[p+1]),
     their vectors, and their histories."""
@@ -125,12 +141,7 @@ class PrototypeIndex:
         """K-means on the members' (n, d) vectors (normalised here); `histories` (the members'
         comparisons) are kept for the prototype level and are needed by the refinement."""
         x = unit(vectors)
-        k = min(config.k, len(users))
-        if len(users) > config.minibatch_above:
-            km = MiniBatchKMeans(k, batch_size=4096, n_init=1, random_state=config.seed)
-        else:
-            km = KMeans(k, n_init=4, random_state=config.seed)
-        index = cls(km.fit(x).cluster_centers_, users, x, histories)
+        index = cls(kmeans_centroids(x, config), users, x, histories)
         if config.refine:
             if histories is None:
                 raise ValueError("prototype refinement needs the members' histories")
@@ -141,8 +152,7 @@ class PrototypeIndex:
         return len(self.centroids)
 
     def assign_many(self, vectors: np.ndarray) -> np.ndarray:
-        """Nearest centroid by cosine (a vector's own norm cannot change its argmax)."""
-        return np.argmax(np.asarray(vectors, dtype=np.float32) @ self.centroids.T, axis=-1)
+        return nearest(vectors, self.centroids)
 
     def assign(self, vector: np.ndarray) -> int:
         """Prototype of a user vector."""
