@@ -7,10 +7,16 @@ and a Train run whose controller was killed (a Tune trial stopped by ASHA, an in
 sweep) keeps its workers' CPUs reserved until Ray shuts down; a sweep starves. Pinning the API
 server address in the job's runtime environment fixes that, and `address="local"` keeps
 `ray.init` from joining someone else's cluster.
+
+`verbose=False` keeps a job's console to what the job prints: Ray's driver logs at warnings
+and up, and no forwarding of workers' and actors' output (Ray Train's per-epoch "Reporting
+training result" lines, Serve's replica logs). Errors still reach the driver as exceptions,
+and every process's log stays in the session's log folder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -34,15 +40,19 @@ def init_local_ray(**kwargs: Any) -> None:
     )
 
 
-def connect(address: str | None = None, **kwargs: Any) -> bool:
+def connect(address: str | None = None, verbose: bool = True, **kwargs: Any) -> bool:
     """The cluster a job runs on: `address`, else the one `ray job submit` names in
     RAY_ADDRESS, else a new private local instance. Returns whether this call started Ray
     (and so should shut it down); an already connected process is left as it is."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    logs = {
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **logs)
     else:
-        init_local_ray(**kwargs)
+        init_local_ray(**logs, **kwargs)
     return True

@@ -56,7 +56,7 @@ def in_process(config: LatencyBenchConfig, user_id: str) -> list[float]:
         neighbour_histories,
         shard_scores,
     )
-    from personal_rm.serving.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import open_store
     from serve_app.api import LIMITS
     from serve_app.sampler import build_judges
 
@@ -64,7 +64,7 @@ def in_process(config: LatencyBenchConfig, user_id: str) -> list[float]:
     encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
     router = load_router(config.app.state_dir, encoder)
     sample = sampler_of(build_judges(config.app)[config.method])
-    store = SQLiteFeedbackStore(config.app.store_path)
+    store = open_store(config.app.store_location)
     frontend = Frontend(router, store, encoder, LIMITS.max_history)
     shards = {}
     scaling = config.app.scaling.model_copy(update={"n": config.n, "m": config.m})
@@ -121,11 +121,11 @@ async def over_http(
 def run(config: LatencyBenchConfig) -> dict:
     from ray import serve
 
-    from personal_rm.serving.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import open_store
     from serve_app.deploy import deploy
 
     base_url = start(config)
-    user_id = SQLiteFeedbackStore(config.app.store_path).users()[0]
+    user_id = open_store(config.app.store_location).users()[0]
     bodies = [request_body(config, user_id, i) for i in range(config.requests + 5)]
     local = latency_summary(in_process(config, user_id))
     sequential, _, statuses = asyncio.run(over_http(base_url, bodies, 1))
@@ -185,7 +185,7 @@ def with_and_without_keys(config: LatencyBenchConfig) -> dict:
     import httpx
     from ray import serve
 
-    from personal_rm.serving.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import open_store
     from serve_app.app import build_app
     from serve_app.auth import new_key
     from serve_app.deploy import APP_NAME, LOGGING
@@ -203,7 +203,7 @@ def with_and_without_keys(config: LatencyBenchConfig) -> dict:
         route_prefix="/keyed",
         logging_config=LOGGING,  # as the keyless app's: access logs would cost time too
     )
-    user_id = SQLiteFeedbackStore(config.app.store_path).users()[0]
+    user_id = open_store(config.app.store_location).users()[0]
     paths = {
         "keyless": ("/v1/score", {}),
         "keys": ("/keyed/v1/score", {"Authorization": f"Bearer {key}"}),

@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from personal_rm.serving.state import ROUTER_FILE
+from personal_rm.serving.store import FeedbackStore
 from serve_app.deploy import ServeJobConfig, build_server_state, deploy
 
 
@@ -24,6 +25,11 @@ def start(config: ServeJobConfig) -> str:
         build_server_state(config)
     connect()
     return deploy(config)
+
+
+def most_history(store: FeedbackStore, count: int) -> list[str]:
+    """The `count` users with the most stored comparisons, ties by id: a rule, not a pick."""
+    return sorted(store.users(), key=lambda u: (-store.count(u), u))[:count]
 
 
 def request_body(config: ServeBenchConfig, user_id: str, i: int) -> dict:

@@ -52,11 +52,11 @@ def layout(config: LayoutBenchConfig, name: str) -> LayoutBenchConfig:
 def run(config: LayoutBenchConfig) -> dict:
     from ray import serve
 
-    from personal_rm.serving.store import SQLiteFeedbackStore
+    from personal_rm.serving.store import open_store
     from serve_app.deploy import deploy
 
     base_url = start(layout(config, LAYOUTS[0]))
-    users = SQLiteFeedbackStore(config.app.store_path).users()
+    users = open_store(config.app.store_location).users()
     # 5 warm-up requests (over_http drops them) from one user, then users round-robin.
     bodies = [request_body(config, users[0], i) for i in range(5)]
     bodies += [request_body(config, users[i % len(users)], i) for i in range(config.requests)]

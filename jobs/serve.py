@@ -29,9 +29,9 @@ def run(config: ServeJobConfig) -> None:
     base_url = deploy(config)
     print(f"serving on {base_url} (OpenAPI docs at {base_url}/docs)")
     if config.demo:
-        from personal_rm.serving.store import SQLiteFeedbackStore
+        from personal_rm.serving.store import open_store
 
-        demo(base_url, SQLiteFeedbackStore(config.app.store_path).users()[0])
+        demo(base_url, open_store(config.app.store_location).users()[0])
         serve.shutdown()
         return
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,11 @@ def _columns(rows: Sequence[Row]) -> list[tuple[str, Any]]:
     return columns + list(dict.fromkeys(("unseen", r["k"]) for r in rows if r["split"] == "unseen"))
 
 
-def markdown_table(rows: Sequence[Row], metric: str = "user") -> str:
-    """One line per method; a column for seen users and one per unseen k, with 95% CIs."""
+def _table(rows: Sequence[Row], cell: Callable[[Row], str]) -> str:
+    """One line per method; a column for seen users and one per unseen k; `cell` writes a
+    row's figure, "-" where a method has no users there."""
     columns = _columns(rows)
-    cell = {(r["method"], r["split"], r["k"]): r for r in rows}
+    by_cell = {(r["method"], r["split"], r["k"]): r for r in rows}
     users = {
         c: max((r["n_users"] for r in rows if (r["split"], r["k"]) == c), default=0)
         for c in columns
@@ -28,16 +29,25 @@ def markdown_table(rows: Sequence[Row], metric: str = "user") -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in dict.fromkeys(r["method"] for r in rows):
-        cells = [method]
-        for group, k in columns:
-            r = cell.get((method, group, k))
-            if r is None or r["n_users"] == 0:
-                cells.append("-")
-                continue
-            low, high = r[f"ci_{metric}"]
-            cells.append(f"{r[f'acc_{metric}']:.3f} [{low:.3f}, {high:.3f}]")
-        lines.append("| " + " | ".join(cells) + " |")
+        found = [by_cell.get((method, group, k)) for group, k in columns]
+        cells = [cell(r) if r is not None and r["n_users"] else "-" for r in found]
+        lines.append("| " + " | ".join([method, *cells]) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[Row], metric: str = "user") -> str:
+    """Mean accuracy (`metric`: user or sample level) with its 95% CI, per method and column."""
+
+    def cell(r: Row) -> str:
+        low, high = r[f"ci_{metric}"]
+        return f"{r[f'acc_{metric}']:.3f} [{low:.3f}, {high:.3f}]"
+
+    return _table(rows, cell)
+
+
+def worst10_table(rows: Sequence[Row]) -> str:
+    """The worst-10%-of-users mean accuracy, per method and column."""
+    return _table(rows, lambda r: f"{r['worst10_user']:.3f}")
 
 
 def plot_accuracy(rows: Sequence[Row], path: str | Path, title: str = "") -> None:
@@ -79,13 +89,22 @@ def plot_accuracy(rows: Sequence[Row], path: str | Path, title: str = "") -> Non
     plt.close(fig)
 
 
-def tables(rows: Sequence[Row], dataset: str) -> str:
-    """The user-level and sample-level tables and the worst-10% figures, as Markdown."""
-    worst = ", ".join(f"{r['method']}@{r['split']}:{r['k']}={r['worst10_user']:.3f}" for r in rows)
-    return (
-        f"## {dataset}: user-level accuracy (mean over users) [95% CI]\n\n"
-        f"{markdown_table(rows, 'user')}\n\n"
-        f"## {dataset}: sample-level accuracy (mean over comparisons) [95% CI]\n\n"
-        f"{markdown_table(rows, 'sample')}\n\n"
-        f"worst-10%-of-users accuracy: {worst}\n"
-    )
+SECTIONS: dict[str, tuple[str, Callable[[Sequence[Row]], str]]] = {
+    "user": (
+        "user-level accuracy (mean over users) [95% CI]",
+        lambda rows: markdown_table(rows, "user"),
+    ),
+    "sample": (
+        "sample-level accuracy (mean over comparisons) [95% CI]",
+        lambda rows: markdown_table(rows, "sample"),
+    ),
+    "worst10": ("worst-10%-of-users accuracy (mean over each column's worst tenth)", worst10_table),
+}
+
+
+def tables(
+    rows: Sequence[Row], dataset: str, sections: Sequence[str] = ("user", "sample", "worst10")
+) -> str:
+    """The chosen `SECTIONS` as Markdown, each a heading and its table."""
+    parts = [f"## {dataset}: {SECTIONS[s][0]}\n{SECTIONS[s][1](rows)}\n" for s in sections]
+    return "\n".join(parts)

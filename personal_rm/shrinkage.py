@@ -24,10 +24,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from personal_rm.artefacts import Artefact, join, part
 from personal_rm.baselines import BaselineConfig, bucket_of, fit_global_theta, validation_episodes
 from personal_rm.config import Config
+from personal_rm.embed import TextEncoder
 from personal_rm.features import PairSet
 from personal_rm.mrm import MetaRewardModel, MRMConfig
+from personal_rm.pgenrm.rubric import LibraryCriterion, RubricJudge
 from personal_rm.reward import LinearReward
 
 
@@ -113,9 +116,25 @@ class ShrunkMRM:
         self.report: dict[str, object] = {}
 
     def fit(self, train: PairSet, validation: PairSet | None = None) -> None:
-        self.theta_global = fit_global_theta(train, self.baselines)
         self.mrm.fit(train, validation)
+        self.theta_global = fit_global_theta(train, self.baselines)
         self.select(validation, train)
+
+    @classmethod
+    def around(
+        cls,
+        mrm: MetaRewardModel,
+        train: PairSet,
+        validation: PairSet | None,
+        config: ShrinkageConfig | None = None,
+        baselines: BaselineConfig | None = None,
+    ) -> ShrunkMRM:
+        """Shrinkage around an MRM already meta-trained on `train` (e.g. on Ray Train)."""
+        model = cls(mrm.config, config, baselines)
+        model.mrm = mrm
+        model.theta_global = fit_global_theta(train, model.baselines)
+        model.select(validation, train)
+        return model
 
     def select(self, validation: PairSet | None, train: PairSet | None = None) -> None:
         """Scale and lam_k from validation users (callable again on a fitted MRM); with
@@ -196,3 +215,57 @@ class ShrunkMRM:
             theta = np.asarray(rewards[u].theta, np.float64)
             out[u] = LinearReward((1 - lam) * self.theta_global + lam * self.scale * theta)
         return out
+
+
+GLOBAL_CRITERION = LibraryCriterion(
+    "global reward", "core_values", "What users prefer on the whole (global Bradley-Terry)."
+)
+
+
+class ShrunkJudge(RubricJudge):
+    """`mrm_shrunk` as the server's chain-writing judge: MRM's bases as criteria plus the global
+    reward as one more, weighted lam_k * c * w_u and 1 - lam_k, normalised to sum to one (a
+    positive factor: responses are ordered as by `ShrunkMRM`). A chain thus says how much of a
+    user's reward is their own: the weight of "global reward" is 1 for a user the validation
+    users say to leave unpersonalized."""
+
+    kind = "shrunk"
+    theta_global: np.ndarray  # (d,) the global BT reward, on raw features
+    scale: float  # c: MRM in the global reward's units
+    lams: dict[int, float]  # lam_k per support-size bucket, chosen on validation users
+
+    @classmethod
+    def from_model(cls, model: ShrunkMRM) -> ShrunkJudge:
+        judge = cls.from_mrm(model.mrm)
+        judge.criteria = (*judge.criteria, GLOBAL_CRITERION)
+        judge.theta_global = np.asarray(model.theta_global, np.float64)
+        judge.scale, judge.lams = float(model.scale), dict(model.lams)
+        return judge
+
+    @property
+    def heads(self) -> np.ndarray:
+        return np.vstack([super().heads, self.theta_global[None]])
+
+    def rubrics(self, support: PairSet, users: Sequence[str]) -> dict[str, np.ndarray]:
+        counts = {u: len(rows) for u, rows in support.rows_by_user().items()}
+        buckets = sorted(self.lams)
+        out = {}
+        for user, w in super().rubrics(support, users).items():
+            lam = self.lams[bucket_of(counts.get(user, 0), buckets)]
+            mixed = np.append(lam * self.scale * w, 1.0 - lam)
+            out[user] = mixed / mixed.sum()
+        return out
+
+    def to_artefact(self) -> Artefact:
+        meta = {"scale": self.scale, "lams": {str(k): lam for k, lam in self.lams.items()}}
+        shrinkage = Artefact({"theta_global": self.theta_global}, meta)
+        return join({"judge": super().to_artefact(), "shrinkage": shrinkage})
+
+    @classmethod
+    def from_artefact(cls, artefact: Artefact, encoder: TextEncoder | None = None) -> ShrunkJudge:
+        judge = super().from_artefact(part(artefact, "judge"), encoder)
+        shrinkage = part(artefact, "shrinkage")
+        judge.theta_global = shrinkage.arrays["theta_global"]
+        judge.scale = shrinkage.meta["scale"]
+        judge.lams = {int(k): lam for k, lam in shrinkage.meta["lams"].items()}
+        return judge

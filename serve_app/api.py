@@ -68,7 +68,11 @@ class ScoreRequest(StrictModel):
     prompt: Prompt
     responses: list[ResponseText] = Field(min_length=2, max_length=LIMITS.max_responses)
     history: list[HistoryItem] = Field(default_factory=list, max_length=LIMITS.max_history)
-    method: Literal["mrm", "rubric", "genrm"] = "mrm"
+    method: Literal["mrm_shrunk", "mrm", "rubric", "genrm"] = Field(
+        "mrm_shrunk",
+        description="`mrm_shrunk` (default): MRM shrunk toward the global reward by as much as "
+        "validation users earn; `mrm`, `rubric`: the judges unshrunk; `genrm`: the LLM judge.",
+    )
     n: int | None = Field(
         None, ge=1, le=LIMITS.max_n, description="Individual-level samples (default: the state's)."
     )
@@ -128,6 +132,13 @@ class FeedbackRequest(HistoryItem):
     """One comparison the user made: a `HistoryItem` that names its user."""
 
     user_id: UserId
+    request_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+        description="The client's id for this feedback (a UUID, say): a POST retried with the "
+        "same user_id and request_id is stored once and answered with the first row's id; "
+        "the same id with a different comparison is a 409.",
+    )
 
 
 class FeedbackResponse(HistoryCounts):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from personal_rm.backends import BackendConfig, SamplingConfig
 from personal_rm.config import Config
 from personal_rm.embed import DEFAULT_CACHE
+from personal_rm.pgenrm.prompt import PromptBudget
 
 
 class Autoscaling(Config):
@@ -27,6 +28,17 @@ class GenRMJudgeConfig(Config):
     sampling: SamplingConfig = SamplingConfig()
     history_size: int = Field(4, ge=0, description="The user's latest comparisons shown.")
     max_text_chars: int = Field(400, ge=1, description="Each text in the prompt is cut to this.")
+    history_tokens: int | None = Field(
+        None, ge=1, description="Show the latest examples that fit in this many tokens."
+    )
+    tokenizer: str | None = Field(
+        None, description="The model whose tokens `history_tokens` counts (a name or folder)."
+    )
+
+    @model_validator(mode="after")
+    def _budget(self) -> GenRMJudgeConfig:
+        PromptBudget(self.max_text_chars, self.history_tokens, self.tokenizer)  # its own checks
+        return self
 
 
 class AuthConfig(Config):
@@ -65,7 +77,16 @@ class ServeAppConfig(Config):
     state_dir: Path = Field(
         Path("results/state"), description="Built by jobs.serve / jobs.pipeline: router + shards."
     )
-    store_path: Path = Field(Path("results/feedback.sqlite3"), description="Durable feedback.")
+    store_path: Path = Field(
+        Path("results/feedback.sqlite3"), description="Durable feedback: a SQLite file, one node."
+    )
+    store_url: str | None = Field(
+        None,
+        pattern=r"^(postgresql|postgres|sqlite)://",
+        description="Overrides store_path: a database every replica shares, postgresql://... "
+        "(libpq's URL; put no password in it: libpq reads PGPASSWORD, and a bare "
+        "`postgresql://` takes all of PGHOST, PGUSER, PGDATABASE from the environment).",
+    )
     cache_dir: Path = Field(DEFAULT_CACHE, description="Embedding cache folder.")
     fanout: int = Field(
         1,
@@ -97,6 +118,11 @@ class ServeAppConfig(Config):
     samplers: Autoscaling = Autoscaling()
     shards: Autoscaling = Autoscaling(max_replicas=2)
     auth: AuthConfig = AuthConfig()
+
+    @property
+    def store_location(self) -> str:
+        """The feedback store, as `personal_rm.serving.store.open_store` takes it."""
+        return self.store_url or str(self.store_path)
 
     @property
     def text_history(self) -> int:

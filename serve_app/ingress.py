@@ -7,7 +7,8 @@ the response is sent, and every later score reads the history again, so the user
 re-adapted (weights, rubric, prototype) from their very next request.
 
 Every endpoint but /healthz passes `serve_app.auth` when keys are configured: the key is checked
-before the body is validated (401), then its scope, its users and its rates (403, 429).
+before the body is read (401, in a middleware), then its scope, its users and its rates
+(403, 429).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +35,7 @@ from personal_rm.embed import CachedEncoder, MiniLMEncoder
 from personal_rm.pgenrm.prompt import LABELS
 from personal_rm.pgenrm.scaling import TTSConfig
 from personal_rm.serving.state import TEXT_JUDGES, Frontend, load_router
-from personal_rm.serving.store import SQLiteFeedbackStore
+from personal_rm.serving.store import RequestIdReused, StoreUnavailable, open_store
 from serve_app.api import (
     KEY_ID_PATTERN,
     LIMITS,
@@ -50,6 +53,15 @@ from serve_app.api import (
 )
 from serve_app.auth import Auth, KeyRecord, load_keys
 from serve_app.config import ServeAppConfig
+from serve_app.rl import (
+    RewardLedger,
+    RewardOptions,
+    RewardRequest,
+    RewardResponse,
+    group_requests,
+    normalize_per_user,
+    pointwise_rewards,
+)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -71,11 +83,9 @@ BEARER = HTTPBearer(
 async def caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 ) -> KeyRecord | None:
-    """The calling key (None: auth is off), or 401. A dependency, so it runs before the body
-    is validated: no one without a key learns what the API accepts. `_` only documents the
+    """The calling key, as `authenticate` found it (None: auth is off). `_` only documents the
     scheme in OpenAPI; Basic credentials (browsers at /docs) are read too."""
-    ingress = serve.get_replica_context().servable_object
-    return ingress.auth.authenticate(request.headers.get("authorization"))
+    return request.state.caller
 
 
 Caller = Annotated[KeyRecord | None, Depends(caller)]
@@ -88,6 +98,29 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> Resp
     errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     body = json.dumps({"detail": errors}, ensure_ascii=True, default=str)
     return Response(body, status_code=422, media_type="application/json")
+
+
+@app.exception_handler(StoreUnavailable)
+async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    """503 with the reason, not a 500: the database is down or unreachable, found out within
+    the store's timeouts. Nothing was acknowledged; a retried feedback with its request_id is
+    stored once."""
+    return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
+
+
+@app.middleware("http")
+async def authenticate(request: Request, call_next):
+    """401 before the body is read or parsed (a dependency would run after FastAPI's JSON
+    parsing, so a malformed body got 422 first): no one without a key learns what the API
+    accepts, or that a path exists. /healthz stays open for load balancers."""
+    request.state.caller = None
+    if request.url.path != "/healthz":
+        ingress = serve.get_replica_context().servable_object
+        try:
+            request.state.caller = ingress.auth.authenticate(request.headers.get("authorization"))
+        except HTTPException as error:
+            return JSONResponse({"detail": error.detail}, error.status_code, error.headers)
+    return await call_next(request)
 
 
 @app.middleware("http")
@@ -109,10 +142,11 @@ class Ingress:
         self.config, self.shards = config, shards
         self.encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
         self.router = load_router(config.state_dir, self.encoder)
-        self.store = SQLiteFeedbackStore(config.store_path)
+        self.store = open_store(config.store_location)
         self.frontend = Frontend(self.router, self.store, self.encoder, LIMITS.max_history)
         self.methods = sorted({*self.router.judges, *(["genrm"] if config.genrm else [])})
         self.auth = Auth(load_keys(config.auth), config.auth)
+        self.ledger = RewardLedger()
         log = logging.getLogger("ray.serve")
         if self.auth.enabled:
             log.info("auth on: %d API keys", len(self.auth.keys))
@@ -123,10 +157,13 @@ class Ingress:
                 config.auth.keys_env,
             )
 
-    async def _score(self, req: ScoreRequest) -> ScoreResponse:
-        if req.method not in self.methods:
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
             enabled = ", ".join(self.methods)
-            raise HTTPException(400, f"method {req.method!r} is not enabled here ({enabled})")
+            raise HTTPException(400, f"method {method!r} is not enabled here ({enabled})")
+
+    async def _score(self, req: ScoreRequest) -> ScoreResponse:
+        self.check_method(req.method)
         if req.method in TEXT_JUDGES and len(req.responses) > len(LABELS):
             raise HTTPException(
                 400, f"method {req.method!r} judges at most {len(LABELS)} responses"
@@ -200,13 +237,42 @@ class Ingress:
         self.auth.authorize(who, "score", {r.user_id for r in batch.requests}, work)
         return BatchScoreResponse(results=await asyncio.gather(*map(self._score, batch.requests)))
 
+    @app.post("/get_reward", response_model=RewardResponse)
+    async def get_reward(
+        self, req: RewardRequest, options: Annotated[RewardOptions, Query()], who: Caller
+    ) -> RewardResponse:
+        """OpenRLHF's remote reward model: one reward per query, for the user id in its label;
+        pointwise for the feature judges, listwise per prompt for genrm (`serve_app/rl.py`)."""
+        self.check_method(options.method)
+        users, pairs = req.labels, req.split()
+        if options.method in TEXT_JUDGES:
+            plan = group_requests(users, pairs, options)
+            self.auth.authorize(who, "score", set(users), sum(self.work(r) for _, r in plan))
+            results = await asyncio.gather(*(self._score(r) for _, r in plan))
+            rewards = np.empty(len(pairs))
+            for (rows, _), result in zip(plan, results, strict=True):
+                rewards[rows] = result.scores
+        else:  # one adaptation per user, no sampler: a row costs one sample
+            self.auth.authorize(who, "score", set(users), len(pairs))
+            rewards = await asyncio.to_thread(
+                pointwise_rewards, self.frontend, options.method, users, pairs
+            )
+        if options.normalize == "user":
+            rewards = normalize_per_user(rewards, users)
+        self.ledger.record(rewards.tolist())
+        return RewardResponse(rewards=rewards.tolist())
+
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, req: FeedbackRequest, who: Caller) -> FeedbackResponse:
         """Stored durably (committed) before this returns, with the key that wrote it; the
         next score uses it."""
         self.auth.authorize(who, "feedback", [req.user_id])
         comparison = req.comparison(req.user_id, "feedback")
-        row = await asyncio.to_thread(self.store.add, comparison, who.id if who else None)
+        key = who.id if who else None
+        try:
+            row = await asyncio.to_thread(self.store.add, comparison, key, req.request_id)
+        except RequestIdReused as error:
+            raise HTTPException(409, str(error)) from error
         rows = await asyncio.to_thread(self.store.count, req.user_id)
         used = min(rows, LIMITS.max_history)
         return FeedbackResponse(id=row, user_id=req.user_id, history_rows=rows, history_used=used)
@@ -294,4 +360,5 @@ class Ingress:
             "feedback_rows": await asyncio.to_thread(self.store.count),
             "methods": self.methods,
             "state_dir": str(Path(self.config.state_dir)),
+            "get_reward": asdict(self.ledger),  # this replica's; see serve_app/rl.py
         }

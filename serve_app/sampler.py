@@ -25,6 +25,8 @@ def build_judges(config: ServeAppConfig) -> dict[str, Judge]:
             config.genrm.sampling,
             config.genrm.history_size,
             config.genrm.max_text_chars,
+            history_tokens=config.genrm.history_tokens,
+            tokenizer=config.genrm.tokenizer,
         )
     return judges
 

@@ -28,7 +28,7 @@ from personal_rm.serving.state import (
     neighbour_histories,
     shard_scores,
 )
-from personal_rm.serving.store import SQLiteFeedbackStore
+from personal_rm.serving.store import open_store
 from serve_app.config import ServeAppConfig
 
 PROTOTYPES_PER_REPLICA = 8  # a shard file is members' histories: a few MB at most
@@ -45,7 +45,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
 class PrototypeShardServer:
     def __init__(self, config: ServeAppConfig, sampler: DeploymentHandle):
         self.state_dir, self.sampler, self.fanout = config.state_dir, sampler, config.fanout
-        self.store = SQLiteFeedbackStore(config.store_path)  # neighbours' texts, for an LLM
+        self.store = open_store(config.store_location)  # neighbours' texts, for an LLM
         self.text_history = config.text_history
 
     @serve.multiplexed(max_num_models_per_replica=PROTOTYPES_PER_REPLICA)

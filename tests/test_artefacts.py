@@ -111,7 +111,7 @@ def test_the_state_loads_back_field_for_field_and_serves_alike(world) -> None:
     stems = ["router", *(f"prototype-{s.prototype}" for s in shards)]
     assert names == sorted(f"{s}.{x}" for s in stems for x in ("json", "safetensors"))
     header = json.loads((directory / ROUTER_FILE).read_text())
-    assert (header["format"], header["version"]) == ("personal-rm/state", 1)
+    assert (header["format"], header["version"]) == ("personal-rm/state", 2)
 
     loaded = load_router(directory, world["encoder"])
     assert_restored(router, loaded)
@@ -195,8 +195,8 @@ def test_a_foreign_version_or_a_broken_file_is_an_error_naming_the_file(world, t
     shutil.copytree(world["dir"], directory)
     meta = directory / ROUTER_FILE
     header = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**header, "version": 2}))
-    with pytest.raises(ArtefactError, match=r"router\.json: format 'personal-rm/state' version 2"):
+    meta.write_text(json.dumps({**header, "version": 1}))  # a state from before judge kinds
+    with pytest.raises(ArtefactError, match=r"router\.json: format 'personal-rm/state' version 1"):
         load_router(directory)
     meta.write_text(json.dumps({**header, "meta": {**header["meta"], "judges": {}}}))
     with pytest.raises(ArtefactError, match=r"router\.json: unreadable contents"):

@@ -52,6 +52,7 @@ def test_keys_authenticate_by_hash_and_answers_never_echo_them(tmp_path):
         f"Token {key}",
         "Basic !!!",
         "Basic " + base64.b64encode(b"\xff:\xfe").decode(),
+        "Basic \xe9t\xe9",  # a header's non-ASCII bytes (read as latin-1): once a 500
         "Bearer prm_",
     ):
         code, detail, headers = status(lambda h=header: auth.authenticate(h))
@@ -139,32 +140,18 @@ def server(ray_session, tmp_path_factory, keys):
     """The app with keys: four from the keys file, the admin's from the environment (the path
     a secret store takes), on its own port."""
     from ray import serve
-    from test_serve import free_port
 
-    from serve_app.deploy import ServeJobConfig, build_server_state, deploy
+    from serve_app.deploy import build_server_state, deploy
+
+    from serve_helpers import small_serve_config
 
     root = tmp_path_factory.mktemp("serve-auth")
     keys_file = root / "keys.jsonl"
     keys_file.write_text(
         "".join(f"{record.line()}\n" for name, (_, record) in keys.items() if name != "admin")
     )
-    config = ServeJobConfig.model_validate(
-        {
-            "max_users": 15,  # the state's users; the store holds all of LLMFAO's anyway
-            "cache_dir": str(root / "cache"),
-            "port": free_port(),
-            "state": {
-                "mrm": {"epochs": 5},
-                "rubric": {"training": {"epochs": 5}},
-                "prototypes": {"k": 3},
-            },
-            "app": {
-                "state_dir": str(root / "state"),
-                "store_path": str(root / "feedback.sqlite3"),
-                "auth": {"keys_file": str(keys_file), "keys_env": "TEST_AUTH_KEYS", "burst_s": 1},
-            },
-        }
-    )
+    auth = {"keys_file": str(keys_file), "keys_env": "TEST_AUTH_KEYS", "burst_s": 1}
+    config = small_serve_config(root, 15, auth=auth)  # the store holds all of LLMFAO anyway
     build_server_state(config)
     os.environ["TEST_AUTH_KEYS"] = keys["admin"][1].line()
     try:
@@ -203,8 +190,13 @@ def test_every_endpoint_wants_a_key_and_the_right_one(server, keys):
             response = server.request(method, path, json=body, headers=headers)
             assert response.status_code == 401, (method, path, response.text)
             assert forged not in response.text and "Basic" in response.headers["www-authenticate"]
-    # No key and an invalid body: 401, not a 422 that describes the API.
+    # No key and an invalid body, or one that is not JSON at all (FastAPI parses a body before
+    # it runs dependencies): 401, not a 422 that describes the API; an unknown path too.
     assert server.post("/v1/score", json={"user_id": "x"}).status_code == 401
+    garbage = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    assert server.post("/v1/feedback", **garbage).status_code == 401
+    assert server.get("/v1/no-such-path").status_code == 401
+    assert server.get("/healthz").status_code == 200
     wrong_scope = [
         ("reader", "POST", "/v1/feedback", {**feedback, "user_id": "llmfao_w14"}),
         ("tenant_a_bot", "POST", "/v1/score", {**score, "user_id": "tenant_a_1"}),

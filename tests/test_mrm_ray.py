@@ -91,9 +91,7 @@ def test_worker_failure_is_survived(ray_session, users, tmp_path):
         ray.train.report = dying_report  # this worker process only; it is not reused
         train_loop_per_worker(loop)
 
-    distributed = RayTrainConfig(
-        num_workers=2, max_failures=1, storage_path=tmp_path, name="flaky"
-    )
+    distributed = RayTrainConfig(num_workers=2, max_failures=1, storage_path=tmp_path, name="flaky")
     config = MRMConfig(epochs=3, tasks_per_batch=8)
     model, result = fit_distributed(train, config, distributed, train_loop=flaky_loop)
     assert marker.exists()  # the worker really died

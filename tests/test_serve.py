@@ -1,13 +1,13 @@
 """The scoring service on a real local Ray Serve, queried over HTTP on 127.0.0.1."""
 
 import asyncio
-import socket
 
 import httpx
 import pytest
 
-from personal_rm.config import load_config, nest
-from serve_app.deploy import APP_NAME, ServeJobConfig, build_server_state, deploy
+from serve_app.deploy import APP_NAME, build_server_state, deploy
+
+from serve_helpers import small_serve_config
 
 pytestmark = pytest.mark.ray
 
@@ -21,31 +21,12 @@ REQUEST = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
+    # The generative judge through the backend interface; the heuristic teacher writes valid
+    # chains on CPU (a tiny random LLM would parse none).
     root = tmp_path_factory.mktemp("serve")
-    config = load_config(
-        ServeJobConfig,
-        nest({
-            "max_users": 30,
-            "cache_dir": str(root / "cache"),
-            "port": free_port(),
-            "app.state_dir": str(root / "state"),
-            "app.store_path": str(root / "feedback.sqlite3"),
-            "state.mrm.epochs": 5,
-            "state.rubric.training.epochs": 5,
-            "state.prototypes.k": 3,
-            # The generative judge through the backend interface; the heuristic teacher writes
-            # valid chains on CPU (a tiny random LLM would parse none).
-            "app.genrm.backend.kind": "heuristic",
-        }),
-    )
+    config = small_serve_config(root, 30, genrm={"backend": {"kind": "heuristic"}})
     build_server_state(config)
     return config
 
@@ -60,7 +41,7 @@ def client(ray_session, config):
     serve.shutdown()
 
 
-@pytest.mark.parametrize("method", ["mrm", "rubric", "genrm"])
+@pytest.mark.parametrize("method", ["mrm_shrunk", "mrm", "rubric", "genrm"])
 def test_score_returns_a_reasoned_preference(client, method):
     body = client.post(
         "/v1/score", json={**REQUEST, "method": method, "n": 4, "m": 2, "return_chains": True}
@@ -74,6 +55,15 @@ def test_score_returns_a_reasoned_preference(client, method):
     chain = result["chains"][0]
     assert abs(sum(c["weight"] for c in chain["rubric"]) - 1) < 1e-3
     assert set(chain["persona"]) == {"style", "content_and_structure", "core_values"}
+
+
+def test_the_default_method_is_mrm_shrunk_whose_rubric_names_the_global_reward(client):
+    result = client.post("/v1/score", json={**REQUEST, "return_chains": True}).json()
+    assert result["method"] == "mrm_shrunk"
+    for chain in result["chains"]:  # named, or folded into "other criteria" by name
+        assert any(
+            "global reward" in (c["name"], *c["description"].split(", ")) for c in chain["rubric"]
+        )
 
 
 @pytest.mark.parametrize("method", ["rubric", "genrm"])

