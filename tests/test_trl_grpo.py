@@ -13,24 +13,10 @@ def test_grpo_trains_on_rewards_that_all_come_from_the_server(ray_session, tmp_p
     from bench.service import start
     from bench.trl_grpo import TRLGRPOConfig, grpo_run, summarize
 
-    from serve_helpers import free_port
+    from serve_helpers import small_serve_config
 
-    config = TRLGRPOConfig.model_validate(
-        {
-            "max_users": 20,
-            "port": free_port(),
-            "steps": 2,
-            "state": {
-                "mrm": {"epochs": 5},
-                "rubric": {"training": {"epochs": 5}},
-                "prototypes": {"k": 3},
-            },
-            "app": {
-                "state_dir": str(tmp_path / "state"),
-                "store_path": str(tmp_path / "feedback.sqlite3"),
-            },
-        }
-    )
+    base = small_serve_config(tmp_path, 20).model_dump()
+    config = TRLGRPOConfig.model_validate({**base, "steps": 2})
     try:
         report = summarize(grpo_run(config, start(config), tmp_path), config)
     finally:
