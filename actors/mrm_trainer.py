@@ -1,19 +1,27 @@
-"""MRM meta-training on Ray Train: seen users sharded across workers, one global meta-batch.
+"""MRM meta-training on Ray Train: users streamed to workers by Ray Data, one global meta-batch.
 
-The training loop is `personal_rm.mrm.meta_train`; this module is the adapter around it. Each
-worker gets only its shard of the users (one object per rank), puts the net and its batches on
-`ray.train.torch.get_device()`, and passes `meta_train` an all-reduce over torch.distributed on
-that device (gloo on CPU, NCCL on GPU). `meta_train` spreads each meta-batch of
-`tasks_per_batch` users over the workers and sums the batch's losses (so RPO weights the whole
-batch) and the gradients, so N workers take the steps one process would. Rank 0 validates and
-checkpoints every epoch; a restarted worker group, or a rerun with the same `name` and
-`storage_path`, resumes from the latest checkpoint.
+The training loop is `personal_rm.mrm.meta_train`; this module is the adapter around it. The
+input is a Ray Dataset with one row per seen user (`Task.to_row`: a Parquet folder at scale, or
+built here from an in-memory `PairSet`). Ray Train splits it into equal shards
+(`get_dataset_shard`), and each worker streams its shard a local meta-batch at a time, so a
+worker holds one batch (plus a bounded shuffle buffer), never the dataset or even its shard.
+
+A global meta-batch is `local * workers` users, `local = ceil(tasks_per_batch / workers)`.
+`meta_train` sums the batch's losses over workers (so RPO weights the whole batch) and the
+gradients, over torch.distributed on the workers' device (gloo on CPU, NCCL on GPU): each step
+is the one a single process would take on that meta-batch. Which users share a meta-batch
+depends on the streaming split (and a seeded local shuffle per epoch); with one meta-batch per
+epoch it does not, and N workers end where one does. Rank 0 validates and checkpoints every
+epoch; a restarted worker group, or a rerun with the same `name` and `storage_path`, resumes
+from the latest checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +43,19 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 from torch import Tensor, nn
 
+from actors.train_shards import epoch_batches, shard_steps
 from personal_rm.features import PairSet
 from personal_rm.mrm import (
     MetaRewardModel,
     MRMConfig,
+    Task,
     build_net,
     make_optimizer,
     meta_train,
     save_model,
     split_support,
-    tasks_from_pairs,
-    trainable_tasks,
+    tasks_pairs,
+    training_tasks,
     user_accuracy,
 )
 
@@ -57,6 +67,15 @@ class RayTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_workers: int = Field(2, description="Training workers; seen users are sharded across them.")
+    shuffle_users: int = Field(
+        256, ge=0, description="Each worker's seeded local shuffle buffer, in users (0: none)."
+    )
+    init_users: int = Field(
+        2000,
+        ge=1,
+        description="Users of a dataset input read on the driver to build the net (input scale, "
+        "global-BT init); a PairSet input uses all of its rows.",
+    )
     use_gpu: bool = Field(False, description="One GPU per worker (on a GPU cluster).")
     cpus_per_worker: float | None = Field(
         None,
@@ -95,18 +114,56 @@ def _restore(
     return state["epoch"] + 1
 
 
+@dataclass(frozen=True)
+class ShardTasks:
+    """A worker's `TaskStream`: its Ray Train dataset shard, a local meta-batch at a time."""
+
+    shard: ray.data.DataIterator
+    users: int
+    steps: int
+    batch_size: int
+    offset: int
+    local: int
+    shuffle_users: int
+    seed: int
+
+    @classmethod
+    def of(cls, shard: ray.data.DataIterator, loop: dict[str, Any], seed: int) -> ShardTasks:
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        local = math.ceil(loop["tasks_per_batch"] / world)
+        steps = shard_steps(loop["users"], world, local)
+        return cls(
+            shard,
+            loop["users"],
+            steps,
+            local * world,
+            rank * local,
+            local,
+            loop["shuffle_users"],
+            seed * 1_000_003 + rank,
+        )
+
+    def epoch(self, epoch: int) -> Iterator[list[Task]]:
+        batches = epoch_batches(
+            self.shard, self.local, shuffle_rows=self.shuffle_users, seed=self.seed, epoch=epoch
+        )
+        for rows in batches:
+            yield [Task.from_row(row) for row in rows]
+
+
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """One worker: its shard of the users, the net on its device, `meta_train` in lockstep."""
+    """One worker: the net on its device, its shard of the users streamed into `meta_train`."""
     config = MRMConfig(**loop["mrm"])
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    tasks = ray.get(loop["shards"][rank])  # this worker's users; None for the others'
+    tasks = ShardTasks.of(ray.train.get_dataset_shard("train"), loop, config.seed)
     net = ray.get(loop["net"]).to(device)  # built once by the driver: every worker starts equal
     # The no-meta ablation's per-user logits are replicated like the net: every worker applies
     # the same summed gradient, so rank 0's checkpoint holds all of them.
     user_logits = None
     if not config.meta:
-        user_logits = nn.Parameter(torch.zeros(len(tasks), config.num_bases, device=device))
+        user_logits = nn.Parameter(torch.zeros(tasks.users, config.num_bases, device=device))
     optimizer = make_optimizer(net, config, user_logits)
     start_epoch = _restore(net, optimizer, user_logits)
     validation = None
@@ -146,8 +203,16 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     )
 
 
+def task_dataset(train: PairSet, config: MRMConfig) -> ray.data.Dataset:
+    """The in-memory path's input: one row per trainable user of `train`, in the object store."""
+    tasks = training_tasks(train, config)
+    if not tasks:
+        raise ValueError("no user has enough comparisons to train on")
+    return ray.data.from_items([t.to_row() for t in tasks])
+
+
 def fit_distributed(
-    train: PairSet,
+    train: PairSet | ray.data.Dataset,
     config: MRMConfig,
     distributed: RayTrainConfig,
     *,
@@ -158,28 +223,38 @@ def fit_distributed(
     """Meta-train on Ray Train; return the best epoch's model (by validation accuracy if
     validation users are given, else the last epoch) and the Ray Train result.
 
-    `callbacks` run in the Train controller after every report; inside a Ray Tune trial,
-    `TuneReportCallback` forwards each epoch's metrics to Tune (for early stopping).
-    `train_loop` is what each worker runs; a test wraps it to kill a worker mid-run."""
+    `train` is a `PairSet` (held by the caller; its users go to the object store once) or a
+    Ray Dataset of `Task.to_row` rows with a dense `index` (e.g. `ray.data.read_parquet` of a
+    folder too large for any one machine; the workers stream it). `callbacks` run in the Train
+    controller after every report; inside a Ray Tune trial, `TuneReportCallback` forwards each
+    epoch's metrics to Tune (for early stopping). `train_loop` is what each worker runs; a test
+    wraps it to kill a worker mid-run, a benchmark to measure one."""
     storage_path = str(distributed.storage_path.resolve())
-    tasks = trainable_tasks(tasks_from_pairs(train), config)
-    if not tasks:
-        raise ValueError("no user has enough comparisons to train on")
-    world = distributed.num_workers
-    # User i lives on worker i % world only; the others see None in its place.
-    shards = [[t if i % world == r else None for i, t in enumerate(tasks)] for r in range(world)]
+    if isinstance(train, PairSet):
+        net, dataset = build_net(train, config), task_dataset(train, config)
+    else:
+        sample = [Task.from_row(row) for row in train.take(distributed.init_users)]
+        net, dataset = build_net(tasks_pairs(sample), config), train
+    users = dataset.count()
+    if users < distributed.num_workers:
+        raise ValueError(f"{users} users cannot feed {distributed.num_workers} workers")
+    if not config.meta and dataset.max("index") != users - 1:
+        raise ValueError("the no-meta ablation needs task indices 0..users-1, one per user")
     loop = {
         "mrm": config.model_dump(),
-        "net": ray.put(build_net(train, config)),  # global-BT init needs all of train: once
-        "shards": [ray.put(shard) for shard in shards],
+        "net": ray.put(net),
+        "users": users,
+        "tasks_per_batch": config.tasks_per_batch,
+        "shuffle_users": distributed.shuffle_users,
         "validation": ray.put(validation) if validation is not None else None,
     }
     score = "val_acc" if validation is not None else "epoch"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop,
+        datasets={"train": dataset},
         scaling_config=ScalingConfig(
-            num_workers=world,
+            num_workers=distributed.num_workers,
             use_gpu=distributed.use_gpu,
             resources_per_worker=None
             if distributed.cpus_per_worker is None

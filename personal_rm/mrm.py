@@ -17,18 +17,19 @@ training loop -> fast adaptation -> `MetaRewardModel` (the `RewardModel` protoco
 The logits only ever see a comparison through its base margins b(chosen) - b(rejected), (K,),
 so the inner loop is a pure function of those margins, computed once per batch: adapting
 mutates nothing, and threads can adapt users concurrently. The training loop runs in one
-process or, given its shard of the users and an `all_reduce`, in a data-parallel worker
-(`actors/mrm_trainer.py`) that takes exactly the steps a single process would.
+process over an in-memory list of users or, streaming its shard of the users and given an
+`all_reduce`, in a data-parallel worker (`actors/mrm_trainer.py`) whose every step is the one a
+single process would take on the same meta-batch.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -269,14 +270,39 @@ def user_weights(losses: Tensor, config: MRMConfig) -> Tensor:
 
 @dataclass(frozen=True)
 class Task:
-    """All training comparisons of one seen user."""
+    """All training comparisons of one seen user. `index`, the user's dense row in
+    [0, users), seeds the user's episodes (so an episode never depends on which worker or
+    meta-batch position draws it) and is the user's row of the no-meta ablation's logits."""
 
     user: str
+    index: int
     chosen: np.ndarray
     rejected: np.ndarray
 
     def __len__(self) -> int:
         return len(self.chosen)
+
+    def to_row(self, dtype: str = "float32") -> dict[str, Any]:
+        """A flat row (Parquet, Ray Data): features as raw bytes, (n, dim) in `dtype`."""
+        return {
+            "user": self.user,
+            "index": self.index,
+            "dim": self.chosen.shape[1],
+            "dtype": dtype,
+            "chosen": self.chosen.astype(dtype).tobytes(),
+            "rejected": self.rejected.astype(dtype).tobytes(),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Task:
+        dim, dtype = int(row["dim"]), str(row["dtype"])
+
+        def features(raw: bytes) -> np.ndarray:
+            return np.frombuffer(raw, dtype=dtype).reshape(-1, dim).astype(np.float32)
+
+        return cls(
+            str(row["user"]), int(row["index"]), *map(features, (row["chosen"], row["rejected"]))
+        )
 
 
 @dataclass(frozen=True)
@@ -287,17 +313,68 @@ class Episode:
     query_rejected: np.ndarray
 
 
-def tasks_from_pairs(pairs: PairSet) -> list[Task]:
-    """One task per user, sorted by user id so task order never depends on row order."""
-    by_user = pairs.rows_by_user()
-    return [Task(u, pairs.chosen[r], pairs.rejected[r]) for u, r in sorted(by_user.items())]
-
-
-def trainable_tasks(tasks: Sequence[Task | None], config: MRMConfig) -> list[Task | None]:
-    """The users with enough rows to train on: a support / query split needs two, multi-task
-    training one. `None` (a user another worker holds, filtered before sharding) is kept."""
+def training_tasks(pairs: PairSet, config: MRMConfig) -> list[Task]:
+    """One task per user with enough rows to train on (a support / query split needs two,
+    multi-task training one), indexed in user-id order so that no index depends on row order."""
     min_rows = 2 if config.meta else 1
-    return [t for t in tasks if t is None or len(t) >= min_rows]
+    by_user = sorted((u, r) for u, r in pairs.rows_by_user().items() if len(r) >= min_rows)
+    return [Task(u, i, pairs.chosen[r], pairs.rejected[r]) for i, (u, r) in enumerate(by_user)]
+
+
+def tasks_pairs(tasks: Sequence[Task]) -> PairSet:
+    """The comparisons of `tasks` as one PairSet (a sample of a task dataset, to build a net)."""
+    users = np.concatenate([np.full(len(t), t.user, dtype=object) for t in tasks])
+    return PairSet(
+        users,
+        np.concatenate([t.chosen for t in tasks]),
+        np.concatenate([t.rejected for t in tasks]),
+    )
+
+
+class TaskStream(Protocol):
+    """What `meta_train` reads: each epoch, `steps` meta-batches of this process's users.
+
+    A global meta-batch has `batch_size` slots; this process fills `len(batch)` of them from
+    `offset` (0 in one process; rank * local batch in a data-parallel worker). `users` counts
+    the users of the whole run, on every worker."""
+
+    users: int
+    steps: int
+    batch_size: int
+    offset: int
+
+    def epoch(self, epoch: int) -> Iterable[Sequence[Task]]: ...
+
+
+@dataclass(frozen=True)
+class InMemoryTasks:
+    """Every user in this process: each epoch is one permutation seeded by (seed, epoch), cut
+    into meta-batches of `tasks_per_batch` users, the last one topped up from the start."""
+
+    tasks: Sequence[Task]
+    seed: int
+    batch_size: int
+    offset: int = 0
+
+    @classmethod
+    def of(cls, tasks: Sequence[Task], config: MRMConfig) -> InMemoryTasks:
+        if not tasks:
+            raise ValueError("no user has enough comparisons to train on")
+        return cls(tasks, config.seed, config.tasks_per_batch)
+
+    @property
+    def users(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.tasks) / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[list[Task]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.tasks))
+        order = np.resize(order, self.steps * self.batch_size)
+        for start in range(0, len(order), self.batch_size):
+            yield [self.tasks[i] for i in order[start : start + self.batch_size]]
 
 
 def sample_episode(task: Task, rng: np.random.Generator, config: MRMConfig) -> Episode:
@@ -412,7 +489,7 @@ def cosine_lr(step: int, total: int, base_lr: float) -> float:
 
 def meta_train(
     net: MRMNet,
-    tasks: Sequence[Task | None],
+    tasks: TaskStream,
     config: MRMConfig,
     *,
     optimizer: torch.optim.Optimizer | None = None,
@@ -421,77 +498,72 @@ def meta_train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     all_reduce: Callable[[list[Tensor]], None] | None = None,
 ) -> torch.optim.Optimizer:
-    """Meta-train `net` on `tasks` (seen users) for epochs [start_epoch, config.epochs).
+    """Meta-train `net` on the seen users of `tasks` for epochs [start_epoch, config.epochs).
 
-    Each epoch is one permutation of the users, seeded by (seed, epoch), cut into meta-batches
-    of `tasks_per_batch` users (the last one topped up from the start); a user's episode is
-    seeded by (seed, epoch, position in the permutation). Each step: per-user losses L_u,
-    outer objective sum_u w_u L_u (`user_weights` of the meta-batch), an Adam step on the
-    clipped gradient, with the lr cosine-decayed as a pure function of the step.
+    Each epoch is `tasks.steps` meta-batches; a user's episode is seeded by (seed, epoch,
+    user index). Each step: per-user losses L_u, outer objective sum_u w_u L_u
+    (`user_weights` of the meta-batch), an Adam step on the clipped gradient, with the lr
+    cosine-decayed as a pure function of the step.
 
-    Data parallel: a worker passes the full-length `tasks` with `None` for the users other
-    workers hold, and an `all_reduce` that sums tensors over workers in place. A worker
-    computes the losses of its own users in each meta-batch; the (B,) losses of the
-    meta-batch are summed so that every worker weights the whole meta-batch (RPO's quantile is
-    global), its objective is its share of the global one, and the gradients are summed. So
-    N workers take the steps one process takes, up to float rounding.
+    Data parallel: each worker streams its own users (`TaskStream.offset` places them in the
+    global meta-batch) and passes an `all_reduce` that sums tensors over workers in place. The
+    meta-batch's (B,) losses are summed over workers, so every worker weights the whole
+    meta-batch (RPO's quantile is global) and its objective is its share of the global one;
+    then the gradients are summed. A step is therefore the one a single process would take on
+    the same meta-batch, up to float rounding.
 
     Resume: pass the restored `optimizer` (and `user_logits`) and `start_epoch` = last finished
     epoch + 1; the resumed run repeats the original exactly. `on_epoch(epoch, metrics)` is
     called after each (0-based) epoch, for reporting, checkpointing or model selection.
 
-    No-meta ablation (`config.meta` False): `user_logits` (len(tasks), K), one row per user,
+    No-meta ablation (`config.meta` False): `user_logits` (users, K), one row per user index,
     created if not given, are trained jointly with the heads, and w0 is kept at their mean (the
     cold-start user). Returns the optimizer (its state is what a checkpoint needs besides
     `net` and `user_logits`).
     """
-    tasks = trainable_tasks(tasks, config)
-    if not tasks:
-        raise ValueError("no user has enough comparisons to train on")
     if not config.meta and user_logits is None:
-        user_logits = nn.Parameter(net.w0.new_zeros(len(tasks), config.num_bases))
+        user_logits = nn.Parameter(net.w0.new_zeros(tasks.users, config.num_bases))
     if config.meta and user_logits is not None:
         raise ValueError("user_logits belong to the no-meta ablation (config.meta False)")
     optimizer = optimizer or make_optimizer(net, config, user_logits)
     params = [*net.parameters(), *([] if user_logits is None else [user_logits])]
-    size = config.tasks_per_batch
-    steps = math.ceil(len(tasks) / size)
-    total = config.epochs * steps
+    total = config.epochs * tasks.steps
     device = net.w0.device
 
-    def user_losses(epoch: int, positions: np.ndarray, users: np.ndarray) -> Tensor:
+    def user_losses(epoch: int, batch: Sequence[Task]) -> Tensor:
         """The per-user objective of these users: MRM's, or the multi-task ablation's."""
-        if not len(users):  # none of this meta-batch's users is held here
+        if not batch:  # this worker's shard ran out before the others'
             return net.w0.new_zeros(0)
         if config.meta:
             episodes = [
-                sample_episode(tasks[u], np.random.default_rng([config.seed, epoch, p]), config)
-                for u, p in zip(users, positions, strict=True)
+                sample_episode(t, np.random.default_rng([config.seed, epoch, t.index]), config)
+                for t in batch
             ]
             return maml_losses(net, episodes, config)
         assert user_logits is not None
-        rows = torch.as_tensor(users, device=device)
-        return multitask_losses(net, user_logits[rows], [tasks[u] for u in users])
+        rows = torch.as_tensor([t.index for t in batch], device=device)
+        return multitask_losses(net, user_logits[rows], batch)
 
     net.train()
     for epoch in range(start_epoch, config.epochs):
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(tasks))
-        order = np.resize(order, steps * size)
         sums = {"loss": 0.0, "objective": 0.0, "grad_norm": 0.0}
-        for step in range(steps):
-            span = np.arange(step * size, (step + 1) * size)
-            mine = span[[tasks[order[p]] is not None for p in span]]
-            lr = cosine_lr(epoch * steps + step, total, config.outer_lr)
+        stream = iter(tasks.epoch(epoch))
+        for step in range(tasks.steps):
+            lr = cosine_lr(epoch * tasks.steps + step, total, config.outer_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            losses = user_losses(epoch, mine, order[mine])
-            # The meta-batch's losses, each filled in by the worker that holds its user.
-            index = torch.as_tensor(mine - step * size, device=device)
-            batch = losses.new_zeros(size).index_copy(0, index, losses.detach())
+            losses = user_losses(epoch, next(stream, []))
+            # The global meta-batch's losses, each slot filled in by the worker that holds it.
+            slots = torch.arange(len(losses), device=device) + tasks.offset
+            batch = losses.new_zeros(tasks.batch_size).index_copy(0, slots, losses.detach())
+            filled = losses.new_zeros(tasks.batch_size).index_fill(0, slots, 1.0)
             if all_reduce is not None:
-                all_reduce([batch])
-            weights = user_weights(batch, config)
-            objective = (weights[index] * losses).sum()
+                all_reduce([batch, filled])
+            present = filled > 0
+            weights = torch.zeros_like(batch).masked_scatter(
+                present, user_weights(batch[present], config)
+            )
+            objective = (weights[slots] * losses).sum()
             optimizer.zero_grad(set_to_none=True)
             if objective.requires_grad:
                 objective.backward()
@@ -505,12 +577,16 @@ def meta_train(
             if user_logits is not None:  # no-meta: w0 is the mean user, for cold start
                 with torch.no_grad():
                     net.w0.copy_(user_logits.mean(0))
-            sums["loss"] += float(batch.mean())
+            sums["loss"] += float(batch[present].mean())
             sums["objective"] += float((weights * batch).sum())
             sums["grad_norm"] += float(grad_norm)
+        if next(stream, None) is not None:
+            raise RuntimeError(
+                f"epoch {epoch} has more than the {tasks.steps} planned meta-batches"
+            )
         if on_epoch is not None:
-            metrics = {key: value / steps for key, value in sums.items()}
-            on_epoch(epoch, {**metrics, "lr": lr})
+            metrics = {key: value / tasks.steps for key, value in sums.items()}
+            on_epoch(epoch, {**metrics, "lr": lr, "steps": tasks.steps})
     net.eval()
     return optimizer
 
@@ -646,7 +722,9 @@ def meta_train_selected(
                 best = (acc, copy.deepcopy(net.state_dict()))
         log.append({"epoch": epoch, **metrics})
 
-    meta_train(net, tasks_from_pairs(train), config, on_epoch=on_epoch)
+    meta_train(
+        net, InMemoryTasks.of(training_tasks(train, config), config), config, on_epoch=on_epoch
+    )
     if best is not None:
         net.load_state_dict(best[1])
     net.eval()

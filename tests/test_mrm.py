@@ -19,9 +19,11 @@ from personal_rm.features import PairSet
 from personal_rm.mrm import (
     VARIANTS,
     Episode,
+    InMemoryTasks,
     MetaRewardModel,
     MRMConfig,
     MRMNet,
+    Task,
     UserWeights,
     adapt,
     build_net,
@@ -30,7 +32,7 @@ from personal_rm.mrm import (
     meta_train,
     rpo_weights,
     split_support,
-    tasks_from_pairs,
+    training_tasks,
     user_reward,
 )
 from personal_rm.reward import LinearReward, margins
@@ -274,21 +276,36 @@ def test_training_is_deterministic_and_all_reduces_losses_then_gradients(world: 
         def all_reduce(tensors: list[torch.Tensor]) -> None:  # one worker: the sum is itself
             calls.append([tuple(t.shape) for t in tensors])
 
-        meta_train(net, tasks_from_pairs(train), config, all_reduce=all_reduce if sync else None)
+        tasks = InMemoryTasks.of(training_tasks(train, config), config)
+        meta_train(net, tasks, config, all_reduce=all_reduce if sync else None)
         return net.state_dict(), calls
 
     (first, calls), (second, _), (alone, _) = run(True), run(True), run(False)
     grads = [tuple(p.shape) for p in build_net(train, config).parameters()]
-    assert calls == [[(8,)], grads] * (3 * 5)  # the meta-batch's losses, then every gradient
+    # The meta-batch's losses and which of its slots are filled, then every gradient.
+    assert calls == [[(8,), (8,)], grads] * (3 * 5)
     for name in first:
         assert torch.equal(first[name], second[name]), name
         assert torch.equal(first[name], alone[name]), name
 
 
+def test_tasks_are_indexed_by_user_and_survive_a_row_round_trip(world: dict) -> None:
+    train = world["train"].take(np.arange(1600))
+    tasks = training_tasks(train, MRMConfig())
+    assert [t.index for t in tasks] == list(range(len(tasks)))
+    assert [t.user for t in tasks] == sorted(train.users())
+    back = Task.from_row(tasks[3].to_row())
+    assert (back.user, back.index) == (tasks[3].user, 3)
+    np.testing.assert_array_equal(back.chosen, tasks[3].chosen)
+    half = Task.from_row(tasks[3].to_row("float16"))  # compact storage, float32 to train on
+    assert half.rejected.dtype == np.float32
+    np.testing.assert_allclose(half.rejected, tasks[3].rejected, rtol=1e-3, atol=1e-3)
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(world: dict) -> None:
     train = world["train"].take(np.arange(1600))
     config = MRMConfig(**{**FAST, "epochs": 4, "tasks_per_batch": 8})
-    tasks = tasks_from_pairs(train)
+    tasks = InMemoryTasks.of(training_tasks(train, config), config)
     net = build_net(train, config)
     optimizer = make_optimizer(net, config)
     saved: dict = {}

@@ -1,5 +1,5 @@
-"""MRM meta-training on a real local Ray Train run: 2 CPU workers, checkpoints, resume, failure,
-and 2 workers taking exactly the steps of 1."""
+"""MRM meta-training on a real local Ray Train run: 2 CPU workers streaming their users from
+Ray Data, checkpoints, resume, failure, and 2 workers taking exactly the steps of 1."""
 
 import os
 import time
@@ -51,10 +51,11 @@ def test_two_workers_checkpoint_then_resume(ray_session, users, tmp_path):
 
 @pytest.mark.parametrize("variant", ["mrm", "mrm_no_meta"])
 def test_two_workers_take_the_same_steps_as_one(ray_session, users, tmp_path, variant):
-    """Each meta-batch of 8 users is split over the workers, RPO weights the whole batch and
-    gradients are summed: 2 workers end where 1 does (5 meta-steps from the same init)."""
+    """Each meta-batch is split over the workers, RPO weights the whole batch and gradients are
+    summed. With one meta-batch of all 40 users per epoch, which worker streams which user
+    does not matter: 2 workers end where 1 does (3 meta-steps from the same init)."""
     train, _ = users
-    config = MRMConfig(**VARIANTS[variant], epochs=1, tasks_per_batch=8)
+    config = MRMConfig(**VARIANTS[variant], epochs=3, tasks_per_batch=40)
     nets = {}
     for workers in (1, 2):
         distributed = RayTrainConfig(num_workers=workers, storage_path=tmp_path, name=f"w{workers}")
