@@ -128,10 +128,12 @@ class ShardTasks:
     seed: int
 
     @classmethod
-    def of(cls, shard: ray.data.DataIterator, loop: dict[str, Any], seed: int) -> ShardTasks:
+    def of(
+        cls, shard: ray.data.DataIterator, loop: dict[str, Any], config: MRMConfig
+    ) -> ShardTasks:
         context = ray.train.get_context()
         rank, world = context.get_world_rank(), context.get_world_size()
-        local = math.ceil(loop["tasks_per_batch"] / world)
+        local = math.ceil(config.tasks_per_batch / world)
         steps = shard_steps(loop["users"], world, local)
         return cls(
             shard,
@@ -141,7 +143,7 @@ class ShardTasks:
             rank * local,
             local,
             loop["shuffle_users"],
-            seed * 1_000_003 + rank,
+            config.seed * 1_000_003 + rank,
         )
 
     def epoch(self, epoch: int) -> Iterator[list[Task]]:
@@ -157,7 +159,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     config = MRMConfig(**loop["mrm"])
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    tasks = ShardTasks.of(ray.train.get_dataset_shard("train"), loop, config.seed)
+    tasks = ShardTasks.of(ray.train.get_dataset_shard("train"), loop, config)
     net = ray.get(loop["net"]).to(device)  # built once by the driver: every worker starts equal
     # The no-meta ablation's per-user logits are replicated like the net: every worker applies
     # the same summed gradient, so rank 0's checkpoint holds all of them.
@@ -205,10 +207,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 def task_dataset(train: PairSet, config: MRMConfig) -> ray.data.Dataset:
     """The in-memory path's input: one row per trainable user of `train`, in the object store."""
-    tasks = training_tasks(train, config)
-    if not tasks:
-        raise ValueError("no user has enough comparisons to train on")
-    return ray.data.from_items([t.to_row() for t in tasks])
+    return ray.data.from_items([t.to_row() for t in training_tasks(train, config)])
 
 
 def fit_distributed(
@@ -244,7 +243,6 @@ def fit_distributed(
         "mrm": config.model_dump(),
         "net": ray.put(net),
         "users": users,
-        "tasks_per_batch": config.tasks_per_batch,
         "shuffle_users": distributed.shuffle_users,
         "validation": ray.put(validation) if validation is not None else None,
     }

@@ -318,6 +318,8 @@ def training_tasks(pairs: PairSet, config: MRMConfig) -> list[Task]:
     multi-task training one), indexed in user-id order so that no index depends on row order."""
     min_rows = 2 if config.meta else 1
     by_user = sorted((u, r) for u, r in pairs.rows_by_user().items() if len(r) >= min_rows)
+    if not by_user:
+        raise ValueError("no user has enough comparisons to train on")
     return [Task(u, i, pairs.chosen[r], pairs.rejected[r]) for i, (u, r) in enumerate(by_user)]
 
 
@@ -358,8 +360,6 @@ class InMemoryTasks:
 
     @classmethod
     def of(cls, tasks: Sequence[Task], config: MRMConfig) -> InMemoryTasks:
-        if not tasks:
-            raise ValueError("no user has enough comparisons to train on")
         return cls(tasks, config.seed, config.tasks_per_batch)
 
     @property
