@@ -1,7 +1,11 @@
 """GenRM SFT and GRPO on Ray Train: a transformers causal LM, DDP (or FSDP for SFT) workers.
 
-The steps are `personal_rm.pgenrm.training`'s; this module shards the rows across workers
-(every worker takes the same number of steps: gradient all-reduce is a barrier), reports every
+The steps are `personal_rm.pgenrm.training`'s; this module feeds them. The rows (a list, or a
+Ray Dataset such as `chain_dataset` of a chains file too large for one machine) go through
+Ray Data: SFT rows are tokenised, and those over `max_length` dropped, before Ray Train splits
+them, so every worker's shard (`get_dataset_shard`) has the same number of rows and takes the
+same number of steps (gradient all-reduce is a barrier). Each worker streams its shard a batch
+at a time (`actors.train_shards`) and never holds the dataset. The module reports every
 epoch with a checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer:
 transformers and vLLM load it as is), and resumes from the latest checkpoint when the worker
 group restarts after a failure or the run is started again with the same `name` and `storage_path`.
@@ -11,14 +15,16 @@ keeps the starting (SFT) model frozen on every worker as the KL reference.
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import ray
+import ray.data
 import ray.train
 import torch
 from pydantic import Field
@@ -30,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from actors.train_shards import epoch_batches, shard_steps
 from personal_rm.config import Config
 from personal_rm.models import resolve_model
 from personal_rm.pgenrm.training import (
@@ -53,6 +60,9 @@ class GenRMRayConfig(Config):
         "ddp", description="ddp, or fsdp to shard a large model (SFT only; GPU)."
     )
     dtype: str = Field("float32", description="Training weights dtype (bfloat16 on GPU).")
+    shuffle_rows: int = Field(
+        256, ge=0, description="Each worker's seeded local shuffle buffer, in rows (0: none)."
+    )
     max_failures: int = Field(2, description="Worker-group restarts before the run fails.")
     storage_path: Path = Field(
         Path("results/ray"), description="Checkpoints and results; shared storage on a cluster."
@@ -60,19 +70,48 @@ class GenRMRayConfig(Config):
     name: str = Field("genrm", description="Run name (the stage is appended); reruns resume.")
 
 
-def _steps(n_rows: int, world: int, batch: int) -> int:
-    return math.ceil(math.ceil(n_rows / world) / batch)
+class SFTEncoder:
+    """Ray Data UDF: tokenise chain rows for SFT and drop those over `max_length`; one
+    tokenizer per actor, loaded once."""
+
+    def __init__(self, model: str, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer, self.max_length = AutoTokenizer.from_pretrained(model), max_length
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        encoded = [
+            encode_sft(self.tokenizer, r["prompt"], r["completion"], self.max_length)
+            for r in batch.to_pylist()
+        ]
+        kept = [e for e in encoded if e is not None]
+        ids = pa.list_(pa.int32())
+        return pa.table(
+            {
+                "input_ids": pa.array([e["input_ids"] for e in kept], ids),
+                "labels": pa.array([e["labels"] for e in kept], ids),
+            }
+        )
 
 
-def _shard(n_rows: int, epoch: int, seed: int, rank: int, world: int, batch: int) -> list[list]:
-    """This worker's batches for one epoch: a seeded shuffle, dealt round-robin, the short
-    shards topped up from their own start so every worker takes the same number of steps."""
-    if n_rows < world:
-        raise ValueError(f"{n_rows} rows cannot feed {world} workers")
-    order = np.random.default_rng([seed, epoch]).permutation(n_rows)[rank::world].tolist()
-    steps = _steps(n_rows, world, batch)
-    order = (order * math.ceil(steps * batch / max(1, len(order))))[: steps * batch]
-    return [order[i : i + batch] for i in range(0, len(order), batch)]
+def _project(row: dict[str, Any], stage: Stage) -> dict[str, Any]:
+    """The fields a stage reads: SFT the prompt and the accepted chain, RL the prompt and the
+    shown order of the responses (its reward is the chain's verdict against it)."""
+    if stage == "sft":
+        return {"prompt": row["prompt"], "completion": row["completion"][0]["content"]}
+    return {"prompt": row["prompt"], "order": row["order"]}
+
+
+def chain_dataset(path: Path | str, stage: Stage, max_rows: int | None = None) -> ray.data.Dataset:
+    """A stage's rows of a `jobs.build_chains` JSONL file (or glob, or object-store URI), read
+    by Ray Data: SFT takes the rows with an accepted chain, RL every row."""
+
+    def rows(line: dict[str, str]) -> list[dict[str, Any]]:
+        row = json.loads(line["text"])
+        return [_project(row, stage)] if stage == "rl" or "completion" in row else []
+
+    dataset = ray.data.read_text(str(path)).flat_map(rows)
+    return dataset if max_rows is None else dataset.limit(max_rows)
 
 
 def _start(loop: dict[str, Any], lr: float, weight_decay: float = 0.0) -> tuple:
@@ -136,22 +175,24 @@ def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     model, optimizer, tokenizer, history = _start(loop, config.lr, config.weight_decay)
     start_epoch = len(history)
     device = next(model.parameters()).device
-    encoded = [
-        encode_sft(tokenizer, r["prompt"], r["completion"][0]["content"], config.max_length)
-        for r in ray.get(loop["rows"])
-    ]
-    rows = [e for e in encoded if e is not None]
+    shard = ray.train.get_dataset_shard("train")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    steps = _steps(len(rows), world, config.batch_size)
+    steps = shard_steps(loop["rows"], world, config.batch_size)
     model.train()
     for epoch in range(start_epoch, config.epochs):
         losses = []
-        batches = _shard(len(rows), epoch, config.seed, rank, world, config.batch_size)
+        batches = epoch_batches(
+            shard,
+            config.batch_size,
+            shuffle_rows=loop["shuffle_rows"],
+            seed=config.seed + rank,
+            epoch=epoch,
+        )
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:  # linear decay to 0, from the step count alone
                 group["lr"] = config.lr * (1 - (epoch * steps + step) / (config.epochs * steps))
-            padded = collate([rows[i] for i in batch], tokenizer.pad_token_id)
+            padded = collate(batch, tokenizer.pad_token_id)
             tensors = {k: v.to(device) for k, v in padded.items()}
             loss = sft_loss(model, tensors)
             loss.backward()
@@ -163,7 +204,7 @@ def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
             {
                 "epoch": epoch,
                 "loss": float(np.mean(losses)),
-                "skipped_too_long": len(encoded) - len(rows),
+                "skipped_too_long": loop["skipped_too_long"],
                 "start_epoch": start_epoch,
             }
         )
@@ -184,18 +225,23 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     reference = AutoModelForCausalLM.from_pretrained(loop["model"], dtype=dtype).to(device)
     reference.eval().requires_grad_(False)
     backend = TransformersBackend(_unwrap(model), tokenizer, batch_size=config.prompts_per_step)
-    rows = ray.get(loop["rows"])
+    shard = ray.train.get_dataset_shard("train")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    per_epoch = shard_steps(loop["rows"], world, config.prompts_per_step)
     model.train()
     for epoch in range(start_epoch, config.epochs):
         steps = []
-        batches = _shard(len(rows), epoch, config.seed, rank, world, config.prompts_per_step)
+        batches = epoch_batches(
+            shard,
+            config.prompts_per_step,
+            shuffle_rows=loop["shuffle_rows"],
+            seed=config.seed + rank,
+            epoch=epoch,
+        )
         for step, batch in enumerate(batches):
-            seed = config.seed + (epoch * len(batches) + step) * world + rank
-            loss, metrics = grpo_step(
-                model, reference, tokenizer, backend, [rows[i] for i in batch], config, seed
-            )
+            seed = config.seed + (epoch * per_epoch + step) * world + rank
+            loss, metrics = grpo_step(model, reference, tokenizer, backend, batch, config, seed)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -207,29 +253,62 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     return history
 
 
+def stage_dataset(
+    stage: Stage, rows: list[dict] | ray.data.Dataset, model: str, config: SFTConfig | GRPOConfig
+) -> tuple[ray.data.Dataset, int, int]:
+    """The dataset the workers split, its row count, and how many rows SFT dropped as too long.
+
+    Both are materialised in the object store (spilled to disk past its size), so no read
+    waits on the CPUs the workers hold; SFT rows are tokenised once first, on a Ray Data actor,
+    as the split needs the count of the rows that fit."""
+    if not isinstance(rows, ray.data.Dataset):
+        rows = ray.data.from_items([_project(row, stage) for row in rows])
+    if stage == "rl":
+        rows = rows.materialize()
+        return rows, rows.count(), 0
+    total = rows.count()
+    encoded = rows.map_batches(
+        SFTEncoder,
+        fn_constructor_kwargs={"model": model, "max_length": config.max_length},
+        batch_format="pyarrow",
+        batch_size=256,
+        compute=ray.data.ActorPoolStrategy(size=1),
+    ).materialize()
+    kept = encoded.count()
+    return encoded, kept, total - kept
+
+
 def fit_genrm(
     stage: Stage,
-    rows: list[dict],
+    rows: list[dict] | ray.data.Dataset,
     model: str | Path,
     config: SFTConfig | GRPOConfig,
     distributed: GenRMRayConfig,
     out: Path,
 ) -> ray.train.Result:
-    """Train `model` on `rows` (SFT: accepted chains; RL: any rows) and copy the final
-    Hugging Face folder to `out`. `result.return_value` is every epoch's metrics."""
+    """Train `model` on `rows` (chain rows, or `chain_dataset`: SFT the accepted chains, RL any
+    rows) and copy the final Hugging Face folder to `out`. `result.return_value` is every
+    epoch's metrics."""
     if stage == "rl" and distributed.strategy == "fsdp":
         raise ValueError("the RL stage samples from the live policy: use strategy ddp")
     storage_path = str(distributed.storage_path.resolve())
     local = Path(resolve_model(model)).expanduser()  # a named model is converted here, once
+    model_path = str(local.resolve()) if local.exists() else str(model)  # workers' cwd differs
+    dataset, count, skipped = stage_dataset(stage, rows, model_path, config)
+    if count < distributed.num_workers:
+        raise ValueError(f"{count} {stage} rows cannot feed {distributed.num_workers} workers")
     loop = {
         stage: config.model_dump(),
-        "rows": ray.put(rows),
-        "model": str(local.resolve()) if local.exists() else str(model),  # workers' cwd differs
+        "rows": count,
+        "skipped_too_long": skipped,
+        "shuffle_rows": distributed.shuffle_rows,
+        "model": model_path,
         "ray": distributed.model_dump(mode="json"),
     }
     trainer = TorchTrainer(
         sft_loop if stage == "sft" else rl_loop,
         train_loop_config=loop,
+        datasets={"train": dataset},
         scaling_config=ScalingConfig(
             num_workers=distributed.num_workers, use_gpu=distributed.use_gpu
         ),

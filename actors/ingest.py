@@ -1,4 +1,4 @@
-"""Ray Data ingestion: comparisons from many shards, embedded by a pool of encoder actors.
+r"""Ray Data ingestion: comparisons from many shards, embedded by a pool of encoder actors.
 
     python -m jobs.embed --data 's3://bucket/prefs/' --cache s3://bucket/embeddings \
         --actors 8 --gpus_per_actor 1
@@ -8,7 +8,7 @@ not, and Parquet) from a local folder, a glob or an object-store URI (pyarrow's 
 one Ray task per shard, each row validated by the local loader's `parse_comparison`: a bad row
 fails the run naming its shard, line and field. `embed` turns them into the distinct
 (prompt, response) texts, drops those whose key (`embed.text_key`, the SQLite cache's key) the
-Parquet cache already holds, embeds the rest in `map_batches` over `concurrency` MiniLM actors
+Parquet cache already holds, embeds the rest in `map_batches` over a pool of `actors` MiniLM actors
 (`num_gpus` each on a GPU cluster) and appends them to the cache as Parquet shards {key,
 vector}; a rerun over the same data embeds nothing. The in-process `CachedEncoder` stays the
 default for data that fits one machine.
@@ -105,7 +105,7 @@ def cached_keys(cache: str) -> ray.data.Dataset | None:
         shards = list_shards(cache)
     except FileNotFoundError:
         return None
-    return ray.data.read_parquet(shards, columns=["key"]) if shards else None
+    return ray.data.read_parquet(shards).select_columns(["key"]) if shards else None
 
 
 def _uncached(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,7 +123,7 @@ def embed(
     comparisons: ray.data.Dataset,
     cache: str,
     *,
-    concurrency: int = 2,
+    actors: int = 2,
     num_gpus: float = 0,
     batch_size: int = 64,
 ) -> int:
@@ -141,7 +141,7 @@ def embed(
         Encoder,
         fn_constructor_kwargs={"batch_size": batch_size},
         batch_size=4 * batch_size,
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=num_gpus,
     )
     vectors.write_parquet(cache)  # new files beside the old ones: Ray Data names them uniquely

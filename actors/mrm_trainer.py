@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,21 @@ def task_dataset(train: PairSet, config: MRMConfig) -> ray.data.Dataset:
     return ray.data.from_items([t.to_row() for t in training_tasks(train, config)])
 
 
+def _warn_if_no_cpu_to_read(distributed: RayTrainConfig) -> None:
+    """Ray Data streams a read dataset with the CPUs that training leaves free (it excludes the
+    workers' own): with none left, the read waits for the autoscaler to add a node, for ever on a
+    fixed-size cluster."""
+    reserved = distributed.num_workers * (distributed.cpus_per_worker or 1)
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - reserved < 1:
+        warnings.warn(
+            f"{distributed.num_workers} workers reserve {reserved:g} of the cluster's {total:g} "
+            "CPUs, leaving Ray Data none to read the training input: it waits for a new node. "
+            "On a fixed-size cluster, lower --train.cpus_per_worker or --train.num_workers.",
+            stacklevel=3,
+        )
+
+
 def fit_distributed(
     train: PairSet | ray.data.Dataset,
     config: MRMConfig,
@@ -234,6 +250,7 @@ def fit_distributed(
     else:
         sample = [Task.from_row(row) for row in train.take(distributed.init_users)]
         net, dataset = build_net(tasks_pairs(sample), config), train
+        _warn_if_no_cpu_to_read(distributed)
     users = dataset.count()
     if users < distributed.num_workers:
         raise ValueError(f"{users} users cannot feed {distributed.num_workers} workers")

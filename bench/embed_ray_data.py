@@ -83,10 +83,10 @@ def run(config: EmbedBenchConfig) -> dict:
     connect(verbose=False, num_cpus=2)
     cache = str(work / "cache")
     start = time.perf_counter()
-    embedded = embed(read_comparisons(str(work / "data")), cache, concurrency=config.actors)
+    embedded = embed(read_comparisons(str(work / "data")), cache, actors=config.actors)
     ray_s = time.perf_counter() - start
     start = time.perf_counter()
-    rerun = embed(read_comparisons(str(work / "data")), cache, concurrency=config.actors)
+    rerun = embed(read_comparisons(str(work / "data")), cache, actors=config.actors)
     rerun_s = time.perf_counter() - start
 
     table = pq.read_table(cache)

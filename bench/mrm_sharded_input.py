@@ -95,11 +95,15 @@ class PrivateMemory:
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def current_mb() -> float:
+        status = Path("/proc/self/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("RssAnon:"))
+        return int(line.split()[1]) / 1024
+
     def _sample(self) -> None:
         while not self.done.wait(self.every_s):
-            status = Path("/proc/self/status").read_text()
-            line = next(x for x in status.splitlines() if x.startswith("RssAnon:"))
-            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            self.peak_kb = max(self.peak_kb, self.current_mb() * 1024)
 
     def stop(self) -> float:
         self.done.set()

@@ -1,4 +1,4 @@
-"""Dual-granularity test-time scaling on real users: N / M / K / alpha tables and the plot.
+r"""Dual-granularity test-time scaling on real users: N / M / K / alpha tables and the plot.
 
     python -m bench.scaling_real --data llmfao --cache_dir /tmp/embcache
     python -m bench.scaling_real --data jester --max_users 1500

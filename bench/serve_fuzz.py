@@ -1,4 +1,4 @@
-"""Hostile and malformed requests against the running service: no 5xx, and still healthy.
+r"""Hostile and malformed requests against the running service: no 5xx, and still healthy.
 
     python -m bench.serve_fuzz --examples 10000
     python -m bench.serve_fuzz --examples 10000 --with_keys true \

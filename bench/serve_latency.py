@@ -1,4 +1,4 @@
-"""Serve overhead and sampler scaling, measured against in-process scoring in the same run.
+r"""Serve overhead and sampler scaling, measured against in-process scoring in the same run.
 
     python -m bench.serve_latency --requests 100 --n 8 --m 4
     python -m tests.tiny_lm /tmp/tiny-lm     # or any causal LM folder (a trained judge)

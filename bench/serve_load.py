@@ -1,4 +1,4 @@
-"""Sustained load with a replica or the database killed mid-run: what fails, what is lost.
+r"""Sustained load with a replica or the database killed mid-run: what fails, what is lost.
 
     python -m bench.serve_load --seconds 60 --kill_at 20
     python -m bench.serve_load --store postgres --storm 5 --seconds 60 --kill_at 20 --outage_s 10 \

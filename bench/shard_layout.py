@@ -1,4 +1,4 @@
-"""Multiplexed prototype shards vs fixed per-prototype-group deployments, in the same run.
+r"""Multiplexed prototype shards vs fixed per-prototype-group deployments, in the same run.
 
     python -m bench.shard_layout --state.prototypes.k 16 \
         --app.state_dir results/state_k16 --app.store_path results/feedback_k16.sqlite3

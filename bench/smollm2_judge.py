@@ -1,4 +1,4 @@
-"""SmolLM2-135M as the P-GenRM judge on held-out LLMFAO comparisons: parse rate, accuracy, cost.
+r"""SmolLM2-135M as the P-GenRM judge on held-out LLMFAO comparisons: parse rate, accuracy, cost.
 
     python -m bench.smollm2_judge                                   # zero-shot, transformers
     python -m bench.smollm2_judge --backend.model results/genrm_smollm2/sft --name sft

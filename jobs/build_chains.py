@@ -1,4 +1,4 @@
-"""Build the GenRM chain dataset: a teacher writes chains for training comparisons.
+r"""Build the GenRM chain dataset: a teacher writes chains for training comparisons.
 
     python -m jobs.build_chains --out results/chains/chains.jsonl            # heuristic teacher
     python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \\

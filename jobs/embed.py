@@ -1,4 +1,4 @@
-"""Embed a preference dataset on Ray Data, into a Parquet cache that reruns reuse.
+r"""Embed a preference dataset on Ray Data, into a Parquet cache that reruns reuse.
 
     python -m jobs.embed --data 'data/prefs/*.jsonl.gz' --cache results/embeddings
     ray job submit --working-dir . -- python -m jobs.embed --data s3://bucket/prefs/ \
@@ -41,7 +41,7 @@ def run(config: EmbedJobConfig) -> int:
     embedded = embed(
         read_comparisons(config.data),
         config.cache,
-        concurrency=config.actors,
+        actors=config.actors,
         num_gpus=config.gpus_per_actor,
         batch_size=config.batch_size,
     )

@@ -1,4 +1,4 @@
-"""Fit user prototypes for more users than one machine holds, on Ray Data.
+r"""Fit user prototypes for more users than one machine holds, on Ray Data.
 
     python -m jobs.fit_prototypes --users 'data/user_vectors/*.parquet' --k 64 \
         --sample 200000 --out results/prototypes

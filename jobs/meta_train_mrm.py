@@ -1,13 +1,18 @@
-"""Meta-train MRM on Ray Train and save the selected model.
+r"""Meta-train MRM on Ray Train and save the selected model.
 
     python -m jobs.meta_train_mrm --train.num_workers 2 --out results/mrm
     ray job submit --working-dir . -- \
         python -m jobs.meta_train_mrm --train.num_workers 4 --train.use_gpu true
 
-Seen users are sharded across `--train.num_workers` workers, each holding only its own; every
-meta-step takes one global batch of `--mrm.tasks_per_batch` users, split over the workers, so
-the run does not depend on the number of workers. The epoch with the best accuracy on the
-validation users (adapted on `--mrm.val_support` of their comparisons) is kept.
+Seen users are streamed to `--train.num_workers` workers by Ray Data, each reading only its
+shard; every meta-step takes one global batch of `--mrm.tasks_per_batch` users, split over the
+workers. The epoch with the best accuracy on the validation users (adapted on
+`--mrm.val_support` of their comparisons) is kept. At scale, `--tasks` trains on the Parquet
+task rows of `jobs.build_tasks` instead of `--data` (no validation users: the last epoch is
+kept), and no process reads them whole:
+
+    ray job submit --working-dir . -- python -m jobs.meta_train_mrm \
+        --tasks s3://bucket/mrm_tasks --train.num_workers 16 --train.use_gpu true
 Rerunning with the same `--train.name` and `--train.storage_path` resumes from the last
 checkpoint. Writes `model/` (load with `MetaRewardModel.load`), `training.json`,
 `training.png` and `config.yaml` to `--out`.
@@ -31,6 +36,11 @@ class MetaTrainConfig(DataConfig):
     out: Path = Field(Path("results/mrm"), description="Folder for the model and training curves.")
     address: str | None = Field(
         None, description="Ray cluster address; default: the cluster of `ray job submit`, or local."
+    )
+    tasks: str | None = Field(
+        None,
+        description="Task rows of jobs.build_tasks (a Parquet folder, glob or URI) to train on "
+        "instead of --data's seen users.",
     )
     split: SplitConfig = SplitConfig()
     mrm: MRMConfig = MRMConfig()
@@ -63,14 +73,19 @@ def run(config: MetaTrainConfig) -> Path:
     from actors.mrm_trainer import fit_distributed
     from personal_rm.prepare import prepare
 
-    prepared = prepare(config, config.split)
-    validation = prepared.validation()
     connect(config.address)
+    if config.tasks is not None:
+        import ray.data
+
+        train, validation = ray.data.read_parquet(config.tasks), None
+    else:
+        prepared = prepare(config, config.split)
+        train, validation = prepared.seen_train(), prepared.validation()
     model, result = fit_distributed(
-        prepared.seen_train(),
+        train,
         config.mrm,
         config.train,
-        validation=validation if len(validation) else None,
+        validation=validation if validation is not None and len(validation) else None,
     )
     config.out.mkdir(parents=True, exist_ok=True)
     model.save(config.out / "model")

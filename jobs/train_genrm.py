@@ -1,4 +1,4 @@
-"""Train the generative judge on Ray Train: SFT on accepted chains, then GRPO.
+r"""Train the generative judge on Ray Train: SFT on accepted chains, then GRPO.
 
     python -m jobs.train_genrm --model results/tiny --chains results/chains/chains.jsonl \\
         --sft.lr 3e-3 --rl.lr 1e-4 --out results/genrm
@@ -32,7 +32,8 @@ class TrainGenRMConfig(Config):
         ..., description="Model to start from: a Hugging Face folder, a hub name, smollm2-135m."
     )
     chains: Path = Field(
-        Path("results/chains/chains.jsonl"), description="Chain rows from jobs.build_chains."
+        Path("results/chains/chains.jsonl"),
+        description="Chain rows from jobs.build_chains: a JSONL file, a glob, or a URI.",
     )
     out: Path = Field(Path("results/genrm"), description="Folder for the trained models.")
     stages: list[Literal["sft", "rl"]] = Field(["sft", "rl"], description="Stages to run.")
@@ -45,19 +46,16 @@ class TrainGenRMConfig(Config):
 
 
 def run(config: TrainGenRMConfig) -> dict[str, Path]:
-    from actors.genrm_trainer import fit_genrm
+    from actors.genrm_trainer import chain_dataset, fit_genrm
     from actors.local_ray import connect
-    from personal_rm.pgenrm.chain_data import read_chain_rows, sft_rows
 
     connect(config.address)
     model, outputs, history = config.model, {}, {}
     for stage in config.stages:
-        if stage == "sft":
-            rows, stage_config = sft_rows(config.chains)[: config.sft_max_rows], config.sft
-        else:
-            rows = list(read_chain_rows(config.chains))[: config.rl_max_rows]
-            stage_config = config.rl
-        print(f"{stage}: {len(rows)} rows from {config.chains}")
+        stage_config = config.sft if stage == "sft" else config.rl
+        max_rows = config.sft_max_rows if stage == "sft" else config.rl_max_rows
+        rows = chain_dataset(config.chains, stage, max_rows)
+        print(f"{stage}: {rows.count()} rows from {config.chains}")
         out = config.out / stage
         result = fit_genrm(stage, rows, model, stage_config, config.train, out)
         history[stage] = result.return_value

@@ -16,6 +16,9 @@ JOBS = [
     "jobs.train_genrm",
     "jobs.score_genrm",
     "jobs.sweep",
+    "jobs.embed",
+    "jobs.build_tasks",
+    "jobs.fit_prototypes",
 ]
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from actors.chain_builder import build_chains
-from actors.genrm_trainer import GenRMRayConfig, fit_genrm
+from actors.genrm_trainer import GenRMRayConfig, chain_dataset, fit_genrm
 from personal_rm.backends import HeuristicBackendConfig, SamplingConfig
 from personal_rm.backends.transformers_backend import TransformersBackend
 from personal_rm.pgenrm.chain_data import open_for_append, read_chain_rows, sft_rows
@@ -127,7 +127,8 @@ def test_sft_then_rl_on_ray_train(ray_session, model_dir, tmp_path):
         actor_options={"num_cpus": 0.5},
         batch_size=64,
     )
-    rows = sft_rows(chains)
+    rows = chain_dataset(chains, "sft")  # read by Ray Data, as jobs.train_genrm does
+    assert rows.count() == len(sft_rows(chains))
     before, _ = parse_failure_rate(model_dir)
     assert before >= 0.9
 

@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.ingest import embed, read_comparisons
+from actors.task_rows import build_task_rows
 from personal_rm.data import DataError, load_comparisons
 from personal_rm.embed import MiniLMEncoder, pair_text, text_key
+from personal_rm.mrm import Task
 
 pytestmark = pytest.mark.ray
 
@@ -50,6 +52,8 @@ def test_shards_are_embedded_once_as_the_local_encoder_embeds_them(ray_session, 
     assert embed(read_comparisons(str(data)), str(cache)) == 0  # a rerun embeds nothing
     with open(data / "c.jsonl", "w") as f:  # a new shard: only its new texts
         f.writelines(json.dumps(r) + "\n" for r in rows[15:30])
+    with pytest.raises(Exception, match="not in the embedding cache"):
+        build_task_rows(read_comparisons(str(data)), str(cache)).materialize()
     new = {pair_text(r["prompt"], r[k]) for r in rows[20:30] for k in ("chosen", "rejected")}
     assert embed(read_comparisons(str(data)), str(cache)) == len(new - set(texts))
     assert len(cache_vectors(ray_session, cache)) == len(new | set(texts))
@@ -62,3 +66,36 @@ def test_a_bad_row_fails_naming_its_shard_line_and_field(ray_session, rows, tmp_
     with pytest.raises(Exception, match=r"x\.jsonl:2: field 'chosen'") as info:
         read_comparisons(str(tmp_path / "d")).materialize()
     assert isinstance(info.value, DataError) or "DataError" in repr(info.value)
+
+
+def test_task_rows_join_each_users_comparisons_with_their_cached_vectors(
+    ray_session, rows, tmp_path
+):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_shards(data, rows)
+    embed(read_comparisons(str(data)), str(cache))
+    stored = cache_vectors(ray_session, cache)
+    tasks = {
+        t.user: t
+        for t in map(
+            Task.from_row,
+            build_task_rows(read_comparisons(str(data)), str(cache), min_rows=1).take_all(),
+        )
+    }
+    by_user: dict[str, set] = {}
+    for r in {json.dumps(r, sort_keys=True): r for r in rows[:20]}.values():  # distinct rows
+        vectors = (
+            stored[text_key(MiniLMEncoder.model_id, pair_text(r["prompt"], r[k]))]
+            for k in ("chosen", "rejected")
+        )
+        by_user.setdefault(r["user_id"], set()).add(
+            tuple(np.asarray(v, np.float16).tobytes() for v in vectors)
+        )
+    assert set(tasks) == set(by_user)
+    for user, task in tasks.items():
+        got = {
+            (c.astype(np.float16).tobytes(), r.astype(np.float16).tobytes())
+            for c, r in zip(task.chosen, task.rejected, strict=True)
+        }
+        assert got == by_user[user]  # every comparison once, chosen with rejected
+    assert len({t.index for t in tasks.values()}) == len(tasks)
