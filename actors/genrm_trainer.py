@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,28 +172,46 @@ def _report(
         ray.train.report(history[-1], checkpoint=checkpoint)
 
 
+@dataclass(frozen=True)
+class WorkerShard:
+    """This worker's shard of the stage's rows: its place in the group, its steps per epoch
+    (the same on every worker), and each epoch's batches, shuffled by a per-worker seed."""
+
+    shard: ray.data.DataIterator
+    rank: int
+    world: int
+    steps: int
+    batch_size: int
+    shuffle_rows: int
+    seed: int
+
+    @classmethod
+    def of(cls, loop: dict[str, Any], batch_size: int, seed: int) -> WorkerShard:
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        steps = shard_steps(loop["rows"], world, batch_size)
+        shard = ray.train.get_dataset_shard("train")
+        return cls(shard, rank, world, steps, batch_size, loop["shuffle_rows"], seed + rank)
+
+    def epoch(self, epoch: int) -> Iterator[list[dict[str, Any]]]:
+        return epoch_batches(
+            self.shard, self.batch_size, shuffle_rows=self.shuffle_rows, seed=self.seed, epoch=epoch
+        )
+
+
 def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     config = SFTConfig(**loop["sft"])
     model, optimizer, tokenizer, history = _start(loop, config.lr, config.weight_decay)
     start_epoch = len(history)
     device = next(model.parameters()).device
-    shard = ray.train.get_dataset_shard("train")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    steps = shard_steps(loop["rows"], world, config.batch_size)
+    shard = WorkerShard.of(loop, config.batch_size, config.seed)
+    total = config.epochs * shard.steps
     model.train()
     for epoch in range(start_epoch, config.epochs):
         losses = []
-        batches = epoch_batches(
-            shard,
-            config.batch_size,
-            shuffle_rows=loop["shuffle_rows"],
-            seed=config.seed + rank,
-            epoch=epoch,
-        )
-        for step, batch in enumerate(batches):
+        for step, batch in enumerate(shard.epoch(epoch)):
             for group in optimizer.param_groups:  # linear decay to 0, from the step count alone
-                group["lr"] = config.lr * (1 - (epoch * steps + step) / (config.epochs * steps))
+                group["lr"] = config.lr * (1 - (epoch * shard.steps + step) / total)
             padded = collate(batch, tokenizer.pad_token_id)
             tensors = {k: v.to(device) for k, v in padded.items()}
             loss = sft_loss(model, tensors)
@@ -225,22 +245,12 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     reference = AutoModelForCausalLM.from_pretrained(loop["model"], dtype=dtype).to(device)
     reference.eval().requires_grad_(False)
     backend = TransformersBackend(_unwrap(model), tokenizer, batch_size=config.prompts_per_step)
-    shard = ray.train.get_dataset_shard("train")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    per_epoch = shard_steps(loop["rows"], world, config.prompts_per_step)
+    shard = WorkerShard.of(loop, config.prompts_per_step, config.seed)
     model.train()
     for epoch in range(start_epoch, config.epochs):
         steps = []
-        batches = epoch_batches(
-            shard,
-            config.prompts_per_step,
-            shuffle_rows=loop["shuffle_rows"],
-            seed=config.seed + rank,
-            epoch=epoch,
-        )
-        for step, batch in enumerate(batches):
-            seed = config.seed + (epoch * per_epoch + step) * world + rank
+        for step, batch in enumerate(shard.epoch(epoch)):
+            seed = config.seed + (epoch * shard.steps + step) * shard.world + shard.rank
             loss, metrics = grpo_step(model, reference, tokenizer, backend, batch, config, seed)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -11,7 +11,8 @@ shuffles with Ray Data's own groupby (its `join` needs polars):
 2. by user: a user's sides become its (n, d) chosen and rejected arrays, in one row.
 No process holds more than a block, or one key's or one user's rows. Every cached vector
 takes part in the first shuffle, also those of texts the comparisons do not have. The output is what
-`actors.mrm_trainer.fit_distributed` streams to its workers.
+`actors.mrm_trainer.fit_distributed` streams to its workers; `user_vector_rows` turns it into
+the users' preference vectors that `jobs.fit_prototypes` clusters.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import ray.data
 
 from actors.ingest import list_shards
 from personal_rm.embed import MiniLMEncoder, pair_text, text_key
-from personal_rm.mrm import Task
+from personal_rm.mrm import Task, tasks_pairs
+from personal_rm.pgenrm.prototypes import preference_vectors
 
 SIDE_SCHEMA = pa.schema(
     [
@@ -123,3 +125,16 @@ def build_task_rows(
     return attached.groupby("user").map_groups(
         _user_row, fn_kwargs={"dtype": dtype, "min_rows": min_rows}, batch_format="pyarrow"
     )
+
+
+def _preference_rows(batch: pa.Table) -> dict[str, np.ndarray]:
+    vectors = preference_vectors(tasks_pairs([Task.from_row(r) for r in batch.to_pylist()]))
+    users = sorted(vectors)
+    return {"user": np.array(users), "vector": np.stack([vectors[u] for u in users])}
+
+
+def user_vector_rows(tasks: ray.data.Dataset) -> ray.data.Dataset:
+    """{user, vector} of every task row: the user's preference vector (the unit mean of chosen
+    minus rejected, P-GenRM's `preference` representation), which `jobs.fit_prototypes`
+    clusters into prototypes."""
+    return tasks.map_batches(_preference_rows, batch_format="pyarrow")

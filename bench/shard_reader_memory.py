@@ -92,7 +92,7 @@ def main() -> None:
         worst = max(row["readers"], key=lambda r: r["peak_private_mb"])
         table.add_row(
             f"{row['comparisons']:,}",
-            str(row["files"] // 2),
+            f"{row['files'] / 2:g}",
             str(worst["batches"]),
             str(worst["peak_private_mb"]),
             " ".join(map(str, worst["trace_mb"])),

@@ -8,7 +8,8 @@ embedding cache that `jobs.embed` filled.
 
 `--data` takes what `jobs.embed` takes; it should hold the seen (training) users only, since
 every user in it is trained on. Each output row is a `personal_rm.mrm.Task`:
-`jobs.meta_train_mrm --tasks OUT` streams them to its Ray Train workers.
+`jobs.meta_train_mrm --tasks OUT` streams them to its Ray Train workers. `--user_vectors PATH`
+also writes every user's preference vector, {user, vector}, for `jobs.fit_prototypes --users`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class BuildTasksConfig(BaseModel):
     data: str = Field("llmfao", description="Comparisons in the normalized schema (shards).")
     cache: str = Field("results/embeddings", description="The Parquet cache of jobs.embed.")
     out: str = Field("results/mrm_tasks", description="Folder or URI for the task rows.")
+    user_vectors: str | None = Field(
+        None, description="Also write each user's preference vector here, for fit_prototypes."
+    )
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="Feature dtype on disk; training computes in float32."
     )
@@ -41,14 +45,17 @@ def run(config: BuildTasksConfig) -> int:
 
     from actors.ingest import read_comparisons
     from actors.local_ray import connect
-    from actors.task_rows import build_task_rows
+    from actors.task_rows import build_task_rows, user_vector_rows
 
     connect(config.address, verbose=config.verbose)
     start = time.perf_counter()
     build_task_rows(
         read_comparisons(config.data), config.cache, dtype=config.dtype, min_rows=config.min_rows
     ).write_parquet(config.out)
-    users = ray.data.read_parquet(config.out).count()  # from the files' metadata
+    tasks = ray.data.read_parquet(config.out)
+    if config.user_vectors is not None:
+        user_vector_rows(tasks).write_parquet(config.user_vectors)
+    users = tasks.count()  # from the files' metadata
     seconds = time.perf_counter() - start
     print(f"wrote {users:,} users' task rows to {config.out} in {seconds:.0f} s")
     return users

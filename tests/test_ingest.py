@@ -10,12 +10,24 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.ingest import embed, read_comparisons
-from actors.task_rows import build_task_rows
+from actors.task_rows import build_task_rows, user_vector_rows
 from personal_rm.data import DataError, load_comparisons
 from personal_rm.embed import MiniLMEncoder, pair_text, text_key
-from personal_rm.mrm import Task
+from personal_rm.mrm import Task, tasks_pairs
+from personal_rm.pgenrm.prototypes import preference_vectors
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(autouse=True)
+def few_shuffle_partitions(ray_session):
+    """Tens of rows: Ray Data's default of 200 hash-shuffle partitions would cost more than
+    the data (the jobs keep the default, sized for a cluster)."""
+    context = ray_session.data.DataContext.get_current()
+    default = context.default_hash_shuffle_parallelism
+    context.default_hash_shuffle_parallelism = 4
+    yield
+    context.default_hash_shuffle_parallelism = default
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +55,19 @@ def test_shards_are_embedded_once_as_the_local_encoder_embeds_them(ray_session, 
     texts = sorted(
         {pair_text(r["prompt"], r[k]) for r in rows[:20] for k in ("chosen", "rejected")}
     )
-    assert embed(comparisons, str(cache)) == len(texts)
+    assert embed(comparisons, str(cache), actors=1) == len(texts)  # 1 actor: tens of texts
     stored = cache_vectors(ray_session, cache)
     expected = MiniLMEncoder().encode(texts)
     got = np.stack([stored[text_key(MiniLMEncoder.model_id, t)] for t in texts])
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
-    assert embed(read_comparisons(str(data)), str(cache)) == 0  # a rerun embeds nothing
+    assert embed(read_comparisons(str(data)), str(cache), actors=1) == 0  # a rerun embeds nothing
     with open(data / "c.jsonl", "w") as f:  # a new shard: only its new texts
         f.writelines(json.dumps(r) + "\n" for r in rows[15:30])
     with pytest.raises(Exception, match="not in the embedding cache"):
         build_task_rows(read_comparisons(str(data)), str(cache)).materialize()
     new = {pair_text(r["prompt"], r[k]) for r in rows[20:30] for k in ("chosen", "rejected")}
-    assert embed(read_comparisons(str(data)), str(cache)) == len(new - set(texts))
+    assert embed(read_comparisons(str(data)), str(cache), actors=1) == len(new - set(texts))
     assert len(cache_vectors(ray_session, cache)) == len(new | set(texts))
 
 
@@ -73,15 +85,10 @@ def test_task_rows_join_each_users_comparisons_with_their_cached_vectors(
 ):
     data, cache = tmp_path / "data", tmp_path / "cache"
     write_shards(data, rows)
-    embed(read_comparisons(str(data)), str(cache))
+    embed(read_comparisons(str(data)), str(cache), actors=1)
     stored = cache_vectors(ray_session, cache)
-    tasks = {
-        t.user: t
-        for t in map(
-            Task.from_row,
-            build_task_rows(read_comparisons(str(data)), str(cache), min_rows=1).take_all(),
-        )
-    }
+    rows_dataset = build_task_rows(read_comparisons(str(data)), str(cache), min_rows=1)
+    tasks = {t.user: t for t in map(Task.from_row, rows_dataset.take_all())}
     by_user: dict[str, set] = {}
     for r in {json.dumps(r, sort_keys=True): r for r in rows[:20]}.values():  # distinct rows
         vectors = (
@@ -99,3 +106,8 @@ def test_task_rows_join_each_users_comparisons_with_their_cached_vectors(
         }
         assert got == by_user[user]  # every comparison once, chosen with rejected
     assert len({t.index for t in tasks.values()}) == len(tasks)
+    expected = preference_vectors(tasks_pairs(list(tasks.values())))
+    vectors = {r["user"]: r["vector"] for r in user_vector_rows(rows_dataset).take_all()}
+    assert set(vectors) == set(expected)
+    for user, vector in vectors.items():
+        np.testing.assert_allclose(vector, expected[user], atol=1e-6)
