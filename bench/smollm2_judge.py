@@ -2,8 +2,8 @@ r"""SmolLM2-135M as the P-GenRM judge on held-out LLMFAO comparisons: parse rate
 
     python -m bench.smollm2_judge                                   # zero-shot, transformers
     python -m bench.smollm2_judge --backend.model results/genrm_smollm2/sft --name sft
-    python -m bench.smollm2_judge --backend.kind vllm --backend.model smollm2-135m \\
-        --backend.dtype bfloat16 --backend.enforce_eager true --backend.max_model_len 2048 \\
+    python -m bench.smollm2_judge --backend.kind vllm --backend.model smollm2-135m \
+        --backend.dtype bfloat16 --backend.enforce_eager true --backend.max_model_len 2048 \
         --name zero_shot_vllm
 
 `jobs.score_genrm` with this model's defaults: the first `max_comparisons` test comparisons

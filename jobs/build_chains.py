@@ -1,7 +1,7 @@
 r"""Build the GenRM chain dataset: a teacher writes chains for training comparisons.
 
     python -m jobs.build_chains --out results/chains/chains.jsonl            # heuristic teacher
-    python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \\
+    python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \
         --teacher.tensor_parallel_size 2 --actor_gpus 2 --tries 4 --out results/chains/chains.jsonl
 
 For each seen user's training comparison, the teacher sees the user's other training

@@ -1,9 +1,9 @@
 r"""Train the generative judge on Ray Train: SFT on accepted chains, then GRPO.
 
-    python -m jobs.train_genrm --model results/tiny --chains results/chains/chains.jsonl \\
+    python -m jobs.train_genrm --model results/tiny --chains results/chains/chains.jsonl \
         --sft.lr 3e-3 --rl.lr 1e-4 --out results/genrm
     python -m jobs.train_genrm --model smollm2-135m --stages sft --sft.max_length 1024
-    python -m jobs.train_genrm --model Qwen/Qwen3-1.7B --train.use_gpu true \\
+    python -m jobs.train_genrm --model Qwen/Qwen3-1.7B --train.use_gpu true \
         --train.num_workers 8 --train.dtype bfloat16 --stages sft,rl
 
 SFT trains on the rows with a completion; RL on every row's prompt (reward: the chain prefers
