@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ Stage = Literal["sft", "rl"]
 class GenRMRayConfig(Config):
     num_workers: int = Field(2, description="Training workers (one GPU each with use_gpu).")
     use_gpu: bool = Field(False, description="One GPU per worker (on a GPU cluster).")
+    cpus_per_worker: int | None = Field(
+        None,
+        gt=0,
+        description="CPUs reserved per worker, and its torch threads (default: Ray Train's, 1 "
+        "without GPUs); a CPU-only run on one machine wants all of its cores.",
+    )
+    log_every: int = Field(10, ge=1, description="Rank 0 prints loss and s/step every N steps.")
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="ddp, or fsdp to shard a large model (SFT only; GPU)."
     )
@@ -199,6 +207,24 @@ class WorkerShard:
         )
 
 
+class StepLog:
+    """Rank 0's progress inside an epoch: on CPU an epoch of an LLM judge takes an hour, and
+    Ray Train reports only at its end."""
+
+    def __init__(self, stage: Stage, shard: WorkerShard, every: int) -> None:
+        self.stage, self.steps, self.every = stage, shard.steps, every
+        self.quiet = shard.rank != 0
+        self.started = time.perf_counter()
+
+    def step(self, epoch: int, step: int, metrics: str) -> None:
+        if self.quiet or (step + 1) % self.every:
+            return
+        per_step = (time.perf_counter() - self.started) / self.every
+        self.started = time.perf_counter()
+        where = f"{self.stage} epoch {epoch} step {step + 1}/{self.steps}"
+        print(f"{where} {metrics} {per_step:.1f} s/step")
+
+
 def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     config = SFTConfig(**loop["sft"])
     model, optimizer, tokenizer, history = _start(loop, config.lr, config.weight_decay)
@@ -206,6 +232,7 @@ def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     device = next(model.parameters()).device
     shard = WorkerShard.of(loop, config.batch_size, config.seed)
     total = config.epochs * shard.steps
+    progress = StepLog("sft", shard, GenRMRayConfig(**loop["ray"]).log_every)
     model.train()
     for epoch in range(start_epoch, config.epochs):
         losses = []
@@ -220,6 +247,7 @@ def sft_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.item())
+            progress.step(epoch, step, f"loss={np.mean(losses[-progress.every :]):.4f}")
         history.append(
             {
                 "epoch": epoch,
@@ -246,6 +274,7 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     reference.eval().requires_grad_(False)
     backend = TransformersBackend(_unwrap(model), tokenizer, batch_size=config.prompts_per_step)
     shard = WorkerShard.of(loop, config.prompts_per_step, config.seed)
+    progress = StepLog("rl", shard, GenRMRayConfig(**loop["ray"]).log_every)
     model.train()
     for epoch in range(start_epoch, config.epochs):
         steps = []
@@ -257,6 +286,7 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
             optimizer.step()
             optimizer.zero_grad()
             steps.append(metrics)
+            progress.step(epoch, step, f"reward={metrics['reward']:.3f}")
         means = {k: float(np.mean([m[k] for m in steps])) for k in steps[0]}
         history.append({"epoch": epoch, **means, "start_epoch": start_epoch})
         _report(model, optimizer, tokenizer, history)
@@ -320,7 +350,11 @@ def fit_genrm(
         train_loop_config=loop,
         datasets={"train": dataset},
         scaling_config=ScalingConfig(
-            num_workers=distributed.num_workers, use_gpu=distributed.use_gpu
+            num_workers=distributed.num_workers,
+            use_gpu=distributed.use_gpu,
+            resources_per_worker=None
+            if distributed.cpus_per_worker is None
+            else {"CPU": distributed.cpus_per_worker},
         ),
         run_config=RunConfig(
             name=f"{distributed.name}-{stage}",

@@ -1,6 +1,6 @@
 r"""Build the GenRM chain dataset: a teacher writes chains for training comparisons.
 
-    python -m jobs.build_chains --out results/chains/chains.jsonl            # heuristic teacher
+    python -m jobs.build_chains --out results/chains/chains.jsonl            # rubric teacher
     python -m jobs.build_chains --teacher.kind vllm --teacher.model Qwen/Qwen3-8B \
         --teacher.tensor_parallel_size 2 --actor_gpus 2 --tries 4 --out results/chains/chains.jsonl
 
@@ -9,10 +9,12 @@ comparisons (leave-one-out: h drawn, the latest that fit in `--history_tokens` o
 student's tokenizer shown, texts clipped, since this prompt is the student's SFT prompt) and
 the two responses in a seeded random order, and samples `--tries` chains; the first chain
 that prefers the user's actual choice, with consistent scores, becomes the SFT target
-(rejection sampling). Every comparison gets a row, accepted or
-not, with provenance; a rerun skips rows already written. The default teacher is the
-heuristic CPU stand-in (`personal_rm/backends/heuristic.py`): not an LLM, labelled as such
-in each row's provenance.
+(rejection sampling). Every comparison gets a row, accepted or not, with provenance; a rerun
+skips rows already written. The default teacher on CPU is the rubric judge
+(`personal_rm/backends/rubric_teacher.py`), fitted here on the same split's seen users (and
+validation users for its epoch choice) and saved to `--teacher.judge` unless that file
+exists; `--teacher.kind heuristic` is the rule-based stand-in. Neither is an LLM, and each
+row's provenance says which wrote it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from personal_rm.backends import BackendConfig, HeuristicBackendConfig, SamplingConfig
+from personal_rm.backends import BackendConfig, RubricTeacherConfig, SamplingConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.pgenrm.chain_data import ChainDataConfig
+from personal_rm.pgenrm.rubric import RubricConfig
 from personal_rm.prepare import SplitConfig
 
 
@@ -37,9 +40,30 @@ class BuildChainsConfig(ChainDataConfig):
     actor_gpus: float = Field(0.0, description="GPUs per teacher actor (= tensor_parallel_size).")
     batch_size: int = Field(8, description="Comparisons per actor call.")
     address: str | None = Field(None, description="Ray cluster address; default: local.")
-    teacher: BackendConfig = HeuristicBackendConfig()
+    teacher: BackendConfig = RubricTeacherConfig()
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1536)
     split: SplitConfig = SplitConfig()
+    rubric: RubricConfig = Field(
+        RubricConfig(), description="How the rubric teacher is fitted (when it is the teacher)."
+    )
+
+
+def fit_rubric_teacher(config: BuildChainsConfig, teacher: RubricTeacherConfig) -> None:
+    """Fit the rubric judge on this split's seen users' training rows and save it."""
+    from personal_rm.backends.rubric_teacher import save_teacher
+    from personal_rm.embed import CachedEncoder, MiniLMEncoder
+    from personal_rm.pgenrm.rubric import RubricJudge
+    from personal_rm.prepare import DataConfig, prepare
+
+    data = DataConfig(
+        **config.model_dump(include=set(DataConfig.model_fields) - {"cache_dir"}),
+        cache_dir=teacher.cache_dir,
+    )
+    prepared = prepare(data, config.split)
+    judge = RubricJudge(config.rubric, CachedEncoder(MiniLMEncoder(), teacher.cache_dir))
+    judge.fit(prepared.seen_train(), prepared.validation())
+    save_teacher(judge, teacher.judge)
+    print(f"rubric teacher fitted on {len(prepared.seen_train())} comparisons: {teacher.judge}")
 
 
 def run(config: BuildChainsConfig) -> dict[str, int]:
@@ -48,6 +72,9 @@ def run(config: BuildChainsConfig) -> dict[str, int]:
     from personal_rm.pgenrm.chain_data import load_split, select
     from personal_rm.pgenrm.llm_judge import make_tasks
 
+    teacher = config.teacher
+    if isinstance(teacher, RubricTeacherConfig) and not Path(f"{teacher.judge}.json").exists():
+        fit_rubric_teacher(config, teacher)
     comparisons, split = load_split(config, config.split)
     train = select(comparisons, split, split.train, split.seen_users)
     tasks = make_tasks(train, train, config.history_size, config.seed)[: config.max_rows]
@@ -56,7 +83,7 @@ def run(config: BuildChainsConfig) -> dict[str, int]:
     provenance = {
         "teacher": config.teacher.kind,
         "teacher_model": getattr(config.teacher, "model", "") or None,  # heuristic: none
-        "stand_in_teacher": config.teacher.kind == "heuristic",
+        "llm_teacher": config.teacher.kind not in ("heuristic", "rubric"),
         "temperature": config.sampling.temperature,
         "history_size": config.history_size,
         "history_tokens": config.history_tokens,

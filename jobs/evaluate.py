@@ -1,7 +1,13 @@
-"""Evaluate personalized reward methods on one dataset, seen and unseen users, k-shot.
+r"""Evaluate personalized reward methods on one dataset, seen and unseen users, k-shot.
 
     python -m jobs.evaluate --methods bt_global,bt_user,lowrank,mrm --k 0,4,8,16 --out results/
     python -m jobs.evaluate --data jester --config my.yaml --mrm.epochs 50
+    python -m jobs.evaluate --methods bt_global,rubric,mrm,genrm --k 0,4,8 --test_per_user 2 \
+        --genrm.backend.model results/smollm2/genrm/sft
+
+`genrm` is the LLM judge (P-GenRM) through any backend (`--genrm.backend.kind vllm` on GPUs),
+scored on the very comparisons the feature methods are; `--test_per_user` caps every user's
+test comparisons (a seeded draw), as an LLM on CPU needs.
 
 Writes `accuracy.json` (the contract every method reports through), `accuracy.png`,
 `tables.md` and the resolved `config.yaml` to `--out`, and prints the tables.
@@ -11,15 +17,31 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import Field
 
+from personal_rm.backends import BackendConfig, SamplingConfig, TransformersBackendConfig
 from personal_rm.baselines import BaselineConfig
 from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.methods import MethodsConfig
+from personal_rm.pgenrm.chain_data import JudgeViewConfig
+from personal_rm.pgenrm.llm_judge import Judged, JudgeTask
 from personal_rm.prepare import DataConfig, SplitConfig
+
+GENRM = "genrm"
+
+
+class GenRMConfig(JudgeViewConfig):
+    """The `genrm` method: an LLM judge (a trained SmolLM2 on CPU) through any backend."""
+
+    name: str = Field("genrm", description="The method's name in the tables (e.g. genrm_sft).")
+    backend: BackendConfig = TransformersBackendConfig(model="smollm2-135m", batch_size=8)
+    n: int = Field(1, ge=1, description="Chains sampled per comparison; the margin is their mean.")
+    batch_size: int = Field(8, ge=1, description="Comparisons per backend call (progress steps).")
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=256, seed=0)
 
 
 class EvaluateConfig(DataConfig, MethodsConfig):
@@ -38,8 +60,33 @@ class EvaluateConfig(DataConfig, MethodsConfig):
         "difference against --baseline on the same users.",
     )
     baseline: str = Field("bt_global", description="Method the --seeds differences are against.")
+    test_per_user: int | None = Field(
+        None, ge=1, description="Score at most this many test comparisons per user (seeded)."
+    )
     split: SplitConfig = SplitConfig()
     baselines: BaselineConfig = BaselineConfig()
+    genrm: GenRMConfig = GenRMConfig()
+
+
+def judge_in_batches(config: GenRMConfig) -> Callable[[Sequence[JudgeTask]], list[Judged]]:
+    """The `genrm` method's judge: its backend, loaded once, over tasks a batch at a time."""
+    from tqdm.auto import tqdm
+
+    from personal_rm.backends import build_backend
+    from personal_rm.pgenrm.llm_judge import judge_tasks
+
+    backend, budget = build_backend(config.backend), config.budget()
+
+    def judge(tasks: Sequence[JudgeTask]) -> list[Judged]:
+        judged: list[Judged] = []
+        for start in tqdm(range(0, len(tasks), config.batch_size), desc="genrm", unit="batch"):
+            batch = tasks[start : start + config.batch_size]
+            judged += judge_tasks(
+                backend, batch, n=config.n, sampling=config.sampling, budget=budget
+            )
+        return judged
+
+    return judge
 
 
 def run(config: EvaluateConfig) -> list[dict]:
@@ -47,24 +94,38 @@ def run(config: EvaluateConfig) -> list[dict]:
         return run_seeds(config)
     from tqdm.auto import tqdm
 
-    from personal_rm.evaluation import evaluate_method
+    from personal_rm.evaluation import evaluate_judge, evaluate_method
     from personal_rm.methods import build_method
     from personal_rm.prepare import prepare
     from personal_rm.report import plot_accuracy, tables
 
-    methods = [build_method(name, config) for name in config.methods]
+    methods = [build_method(name, config) for name in config.methods if name != GENRM]
     prepared = prepare(config, config.split)
+    split = prepared.split
+    if config.test_per_user is not None:
+        split = split.capped_test(prepared.pairs.user_ids, config.test_per_user, config.seed)
     validation = prepared.validation()
     rows = []
     for method in tqdm(methods, desc="methods", unit="method"):
         rows += evaluate_method(
             method,
             prepared.pairs,
-            prepared.split,
+            split,
             config.k,
             validation=validation,
             seed=config.seed,
             n_boot=config.n_boot,
+        )
+    if GENRM in config.methods:
+        rows += evaluate_judge(
+            judge_in_batches(config.genrm),
+            prepared.comparisons,
+            split,
+            config.k,
+            history_size=config.genrm.history_size,
+            seed=config.seed,
+            n_boot=config.n_boot,
+            name=config.genrm.name,
         )
 
     config.out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +155,8 @@ def run_seeds(config: EvaluateConfig) -> list[dict]:
     from personal_rm.prepare import prepare
     from personal_rm.report import markdown_table
 
+    if GENRM in config.methods or config.test_per_user is not None:
+        raise ValueError("--seeds runs feature methods on whole splits: drop genrm/test_per_user")
     per_seed_rows, runs = [], []
     for seed in config.seeds:
         seeded = config.model_copy(update={"seed": seed})

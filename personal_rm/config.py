@@ -69,7 +69,9 @@ class Config(BaseModel):
         for name, field in cls.model_fields.items():
             default, given = field.default, data.get(name)
             if isinstance(default, BaseModel) and isinstance(given, Mapping):
-                out[name] = merge(default.model_dump(), given)
+                below = default.model_dump()
+                if given.get(TAG, below.get(TAG)) == below.get(TAG):  # another kind: its own
+                    out[name] = merge(below, given)
         return out
 
 

@@ -13,14 +13,16 @@ ci_user, worst10_user (plus n_pairs, ci_sample, fit_seconds).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from personal_rm.data import Comparison
 from personal_rm.data.splits import KShot, Split, k_shot
 from personal_rm.features import PairSet
 from personal_rm.metrics import summarize
+from personal_rm.pgenrm.llm_judge import Judged, JudgeTask, judge_report, make_tasks
 from personal_rm.reward import RewardModel, margins
 
 
@@ -31,6 +33,18 @@ def score_users(
     rewards = model.personalize(pairs.take(support), users)
     test_pairs = pairs.take(test)
     return test_pairs.user_ids, margins(rewards, test_pairs)
+
+
+def protocol(
+    split: Split, user_ids: np.ndarray, ks: Sequence[KShot], seed: int
+) -> Iterator[tuple[str, KShot, Sequence[str], np.ndarray]]:
+    """(group, k, users, support rows) of every row of a report: seen users on all their
+    train rows, then unseen users on each k-shot support."""
+    seen_train = split.rows_of(split.train, split.seen_users, user_ids)
+    yield "seen", "all", split.seen_users, seen_train
+    for k in ks:
+        support, eligible = k_shot(user_ids, split.train, split.unseen_users, k, seed=seed)
+        yield "unseen", k, eligible, support
 
 
 def evaluate_method(
@@ -47,10 +61,9 @@ def evaluate_method(
     """`fitted=True` scores a model already fitted on this split's seen users elsewhere (by
     Ray Train, say) instead of fitting it again."""
     ids = pairs.user_ids
-    seen_train = split.rows_of(split.train, split.seen_users, ids)
     started = time.perf_counter()
     if not fitted:
-        model.fit(pairs.take(seen_train), validation)
+        model.fit(pairs.take(split.rows_of(split.train, split.seen_users, ids)), validation)
     fit_seconds = time.perf_counter() - started
 
     def row(group: str, k: KShot, users: Sequence[str], support: np.ndarray) -> dict[str, Any]:
@@ -65,8 +78,42 @@ def evaluate_method(
             "fit_seconds": round(fit_seconds, 3),
         }
 
-    rows = [row("seen", "all", split.seen_users, seen_train)]
-    for k in ks:
-        support, eligible = k_shot(ids, split.train, split.unseen_users, k, seed=seed)
-        rows.append(row("unseen", k, eligible, support))
+    return [row(*group) for group in protocol(split, ids, ks, seed)]
+
+
+def evaluate_judge(
+    judge: Callable[[Sequence[JudgeTask]], list[Judged]],
+    comparisons: Sequence[Comparison],
+    split: Split,
+    ks: Sequence[KShot],
+    *,
+    history_size: int,
+    seed: int = 0,
+    n_boot: int = 1000,
+    name: str = "genrm",
+) -> list[dict[str, Any]]:
+    """A generative judge under the same protocol: each test comparison is judged with its
+    user's support (seen users: their train rows) as the history pool, h drawn from it.
+    Margins are the mean recomputed final-score difference over the chains that parse; no
+    parse, or a tie, is wrong. Rows follow the contract, plus parse failures and seconds."""
+    ids = np.array([c.user_id for c in comparisons], dtype=object)
+    rows = []
+    for group, k, users, support in protocol(split, ids, ks, seed):
+        test = split.rows_of(split.test, users, ids)
+        pool = [comparisons[i] for i in support]
+        tasks = make_tasks([comparisons[i] for i in test], pool, history_size, seed)
+        started = time.perf_counter()
+        report = judge_report(judge(tasks), n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "method": name,
+                "split": group,
+                "k": k,
+                **report["accuracy"],
+                "fit_seconds": 0.0,
+                "parse_failure_rate": report["parse_failure_rate"],
+                "tie_rate": report["tie_rate"],
+                "score_seconds": round(time.perf_counter() - started, 1),
+            }
+        )
     return rows

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from personal_rm.data.splits import KShot, Split, k_shot
-from personal_rm.evaluation import score_users
+from personal_rm.data.splits import KShot, Split
+from personal_rm.evaluation import protocol, score_users
 from personal_rm.features import PairSet
 from personal_rm.metrics import per_user_counts, worst_fraction_mean
 from personal_rm.reward import RewardModel
@@ -32,16 +32,12 @@ def user_accuracies(
     """Each user's test accuracy per cell of the harness's protocol, for a fitted model (the
     same support sets and test rows as `evaluate_method` with this seed)."""
     ids = pairs.user_ids
-    cells = [(("seen", "all"), split.seen_users, split.rows_of(split.train, split.seen_users, ids))]
-    for k in ks:
-        support, eligible = k_shot(ids, split.train, split.unseen_users, k, seed=seed)
-        cells.append((("unseen", k), eligible, support))
     out = {}
-    for cell, users, support in cells:
+    for group, k, users, support in protocol(split, ids, ks, seed):
         test = split.rows_of(split.test, users, ids)
         user_ids, margins = score_users(model, pairs, support, users, test)
         correct, total = per_user_counts(user_ids, margins)
-        out[cell] = dict(zip(map(str, np.unique(user_ids)), correct / total, strict=True))
+        out[group, k] = dict(zip(map(str, np.unique(user_ids)), correct / total, strict=True))
     return out
 
 

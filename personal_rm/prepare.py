@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -9,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from personal_rm.config import Config
+from personal_rm.data.comparison import Comparison
 from personal_rm.data.splits import Split
 from personal_rm.embed import DEFAULT_CACHE
 from personal_rm.features import PairSet
@@ -52,6 +54,7 @@ class Prepared:
     pairs: PairSet
     split: Split
     source: Path
+    comparisons: Sequence[Comparison] = ()  # row i of `pairs` is comparisons[i]: what LLMs read
 
     def seen_train(self) -> PairSet:
         s = self.split
@@ -92,4 +95,4 @@ def prepare(data: DataConfig, split: SplitConfig) -> Prepared:
         f"users: {len(user_split.seen_users)} seen, {len(user_split.validation_users)} "
         f"validation, {len(user_split.unseen_users)} unseen"
     )
-    return Prepared(pairs, user_split, source)
+    return Prepared(pairs, user_split, source, comparisons)

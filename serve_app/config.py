@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from personal_rm.backends import BackendConfig, SamplingConfig
 from personal_rm.config import Config
 from personal_rm.embed import DEFAULT_CACHE
-from personal_rm.pgenrm.prompt import PromptBudget
+from personal_rm.pgenrm.chain_data import JudgeViewConfig
 
 
 class Autoscaling(Config):
@@ -21,23 +21,17 @@ class Autoscaling(Config):
     )
 
 
-class GenRMJudgeConfig(Config):
-    """The generative judge that method `genrm` runs in the chain samplers."""
+class GenRMJudgeConfig(JudgeViewConfig):
+    """The generative judge that method `genrm` runs in the chain samplers. Its view of a
+    request (clipping, history budget) defaults to the one the SmolLM2 judge is trained on:
+    serve a judge with the view it learnt."""
 
     backend: BackendConfig = Field(description="The LLM: transformers (CPU/GPU), vllm, openai.")
     sampling: SamplingConfig = SamplingConfig()
-    history_size: int = Field(4, ge=0, description="The user's latest comparisons shown.")
-    max_text_chars: int = Field(400, ge=1, description="Each text in the prompt is cut to this.")
-    history_tokens: int | None = Field(
-        None, ge=1, description="Show the latest examples that fit in this many tokens."
-    )
-    tokenizer: str | None = Field(
-        None, description="The model whose tokens `history_tokens` counts (a name or folder)."
-    )
 
     @model_validator(mode="after")
     def _budget(self) -> GenRMJudgeConfig:
-        PromptBudget(self.max_text_chars, self.history_tokens, self.tokenizer)  # its own checks
+        self.budget()  # PromptBudget's own checks
         return self
 
 

@@ -27,6 +27,7 @@ def build_judges(config: ServeAppConfig) -> dict[str, Judge]:
             config.genrm.max_text_chars,
             history_tokens=config.genrm.history_tokens,
             tokenizer=config.genrm.tokenizer,
+            history_text_chars=config.genrm.history_text_chars,
         )
     return judges
 

@@ -42,3 +42,15 @@ def postgres():
 
     with temporary_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def small_state(tmp_path_factory):
+    """One small serving state for every Serve test module, fitted once (`serve_helpers`)."""
+    from serve_app.deploy import build_server_state
+
+    from serve_helpers import small_serve_config
+
+    root = tmp_path_factory.mktemp("small-state")
+    build_server_state(small_serve_config(root, root))
+    return root

@@ -136,14 +136,14 @@ def keys() -> dict[str, tuple[str, KeyRecord]]:
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory, keys):
+def server(ray_session, small_state, tmp_path_factory, keys):
     """The app with keys: four from the keys file, the admin's from the environment (the path
     a secret store takes), on its own port."""
     from ray import serve
 
-    from serve_app.deploy import build_server_state, deploy
+    from serve_app.deploy import deploy
 
-    from serve_helpers import small_serve_config
+    from serve_helpers import on_small_state
 
     root = tmp_path_factory.mktemp("serve-auth")
     keys_file = root / "keys.jsonl"
@@ -151,8 +151,7 @@ def server(ray_session, tmp_path_factory, keys):
         "".join(f"{record.line()}\n" for name, (_, record) in keys.items() if name != "admin")
     )
     auth = {"keys_file": str(keys_file), "keys_env": "TEST_AUTH_KEYS", "burst_s": 1}
-    config = small_serve_config(root, 15, auth=auth)  # the store holds all of LLMFAO anyway
-    build_server_state(config)
+    config = on_small_state(small_state, root, auth=auth)  # the store holds all of LLMFAO
     os.environ["TEST_AUTH_KEYS"] = keys["admin"][1].line()
     try:
         deploy(config)

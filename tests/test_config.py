@@ -14,6 +14,7 @@ JOBS = [
     "jobs.pipeline",
     "jobs.build_chains",
     "jobs.train_genrm",
+    "jobs.genrm_pipeline",
     "jobs.score_genrm",
     "jobs.sweep",
     "jobs.embed",
@@ -105,6 +106,18 @@ def test_a_backend_field_that_its_kind_does_not_use_is_an_error():
     with pytest.raises(ValidationError, match="device"):
         openai = {"kind": "openai", "device": "cuda"}
         load_config(ServeJobConfig, {"app": {"genrm": {"backend": openai}}})
+
+
+def test_another_backend_kind_starts_from_its_own_defaults_not_the_default_backends():
+    """A section whose default is one kind (the evaluate job's `genrm`: transformers on
+    smollm2-135m) switched to another kind by a flag keeps none of the first kind's fields."""
+    from jobs.evaluate import EvaluateConfig
+
+    assert EvaluateConfig().genrm.backend.model == "smollm2-135m"
+    config = parse_config(EvaluateConfig, ["--genrm.backend.kind", "heuristic"])
+    assert config.genrm.backend.kind == "heuristic" and config.genrm.n == 1
+    vllm = parse_config(EvaluateConfig, ["--genrm.backend.kind", "vllm"]).genrm.backend
+    assert vllm.kind == "vllm" and vllm.model == ""  # vllm's own default, not transformers'
 
 
 def test_every_config_knob_reaches_the_model_it_configures():

@@ -106,16 +106,11 @@ def test_client_gives_up_after_bounded_retries_on_a_dead_server():
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    from serve_app.deploy import build_server_state
+def config(small_state, tmp_path_factory):
+    from serve_helpers import RULE_JUDGE, on_small_state
 
-    from serve_helpers import small_serve_config
-
-    root = tmp_path_factory.mktemp("serve-rl")
     # genrm: the heuristic teacher through the backend interface writes valid chains on CPU
-    config = small_serve_config(root, 20, genrm={"backend": {"kind": "heuristic"}})
-    build_server_state(config)
-    return config
+    return on_small_state(small_state, tmp_path_factory.mktemp("serve-rl"), genrm=RULE_JUDGE)
 
 
 @pytest.fixture(scope="module")

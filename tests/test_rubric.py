@@ -172,3 +172,58 @@ def test_mrm_as_a_judge_writes_chains_that_agree_with_it(world) -> None:
         chain = judge.chain(weights, np.stack([chosen, rejected]))
         assert chain.verdict == int(reward.score(rejected[None])[0] > reward.score(chosen[None])[0])
         assert chain.rubric[0].name.startswith("base reward")
+
+
+def test_brief_chains_are_what_a_small_judge_can_write_and_keep_the_verdict(world, judge) -> None:
+    """Brief chains: names only, weights in cents, whole scores, exact totals, the full
+    chain's verdict, which the rounded totals follow but for close calls."""
+    from personal_rm.pgenrm.parser import parse_chain
+    from personal_rm.pgenrm.prompt import render_chain
+
+    test = world["test"]
+    weights = judge.rubrics(test, test.users())
+    kept = 0
+    for i in range(40):
+        w = weights[str(test.user_ids[i])]
+        responses = np.stack([test.chosen[i], test.rejected[i]])
+        full, brief = judge.chain(w, responses), judge.chain(w, responses, brief=True)
+        assert all(c.description == "" for c in brief.rubric)
+        assert all(100 * c.weight == pytest.approx(round(100 * c.weight)) for c in brief.rubric)
+        assert all(float(v).is_integer() for s in brief.scores for v in s.scores.values())
+        assert not brief.totals_disagree() and parse_chain(render_chain(brief), 2) == brief
+        assert brief.verdict == full.verdict
+        assert brief.analysis.startswith(f"Response {'AB'[full.verdict]} ")
+        kept += brief.verdict_follows_scores() and len(set(brief.final_scores())) == 2
+    assert kept >= 30
+
+
+def test_the_rubric_teacher_writes_the_judges_chains_from_the_prompt(world, judge, tmp_path):
+    """Through `generate`, from the prompt alone, after an artefact round trip: parseable
+    brief chains whose verdict is the judge's own reward order (temperature 0, no history),
+    and n distinct draws when the history allows them."""
+    from personal_rm.backends import SamplingConfig
+    from personal_rm.backends.rubric_teacher import RubricTeacher, load_teacher, save_teacher
+    from personal_rm.embed import pair_text
+    from personal_rm.pgenrm.parser import parse_chain
+    from personal_rm.pgenrm.prompt import JudgeRequest, render_messages
+
+    save_teacher(judge, tmp_path / "teacher")
+    teacher = RubricTeacher(load_teacher(tmp_path / "teacher", world["encoder"]), world["encoder"])
+    prior = judge.prior @ judge.heads
+    agree = 0
+    for i in range(20):
+        request = JudgeRequest((), f"prompt {i}", (f"answer {i}a", f"answer {i}b"))
+        (texts,) = teacher.generate([render_messages(request)], 3, SamplingConfig(temperature=0))
+        chains = [parse_chain(t, 2) for t in texts]
+        assert len(set(texts)) == 1 and len(chains[0].rubric) == 4  # 3 named + "other"
+        texts = [pair_text(request.prompt, r) for r in request.responses]
+        features = world["encoder"].encode(texts)
+        finals = chains[0].final_scores()
+        agree += finals[0] == finals[1] or chains[0].verdict == int(np.argmax(features @ prior))
+    assert agree == 20
+    history = tuple((f"p{j}", f"good {j}", f"bad {j}") for j in range(6))
+    request = JudgeRequest(history, "prompt", ("answer a", "answer b"))
+    (texts,) = teacher.generate([render_messages(request)], 4, SamplingConfig(temperature=1))
+    assert len(set(texts)) > 1 and all(parse_chain(t, 2).rubric for t in texts)
+    (refusal,) = teacher.generate([[{"role": "user", "content": "hi"}]], 2, SamplingConfig())
+    assert [type(parse_chain(t, 2)).__name__ for t in refusal] == ["ParseFailure"] * 2

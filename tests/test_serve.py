@@ -5,9 +5,9 @@ import asyncio
 import httpx
 import pytest
 
-from serve_app.deploy import APP_NAME, build_server_state, deploy
+from serve_app.deploy import APP_NAME, deploy
 
-from serve_helpers import small_serve_config
+from serve_helpers import RULE_JUDGE, on_small_state
 
 pytestmark = pytest.mark.ray
 
@@ -22,13 +22,10 @@ REQUEST = {
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
+def config(small_state, tmp_path_factory):
     # The generative judge through the backend interface; the heuristic teacher writes valid
     # chains on CPU (a tiny random LLM would parse none).
-    root = tmp_path_factory.mktemp("serve")
-    config = small_serve_config(root, 30, genrm={"backend": {"kind": "heuristic"}})
-    build_server_state(config)
-    return config
+    return on_small_state(small_state, tmp_path_factory.mktemp("serve"), genrm=RULE_JUDGE)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,15 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def test_grpo_trains_on_rewards_that_all_come_from_the_server(ray_session, tmp_path):
+def test_grpo_trains_on_rewards_that_all_come_from_the_server(ray_session, small_state, tmp_path):
     from ray import serve
 
     from bench.service import start
     from bench.trl_grpo import TRLGRPOConfig, grpo_run, summarize
 
-    from serve_helpers import small_serve_config
+    from serve_helpers import on_small_state
 
-    base = small_serve_config(tmp_path, 20).model_dump()
+    base = on_small_state(small_state, tmp_path).model_dump()
     config = TRLGRPOConfig.model_validate({**base, "steps": 2})
     try:
         report = summarize(grpo_run(config, start(config), tmp_path), config)

@@ -4,8 +4,9 @@ A prompt is a list of chat messages; the result holds `n` samples per prompt, in
 order. Asking for the n samples of a prompt in one call is what lets vLLM prefill the prompt
 once (`SamplingParams(n=...)`) and transformers expand it once (`num_return_sequences`).
 Kinds: `transformers` (CPU or GPU), `vllm` (the `gpu` extra, imported only when built),
-`openai` (any OpenAI-compatible `/v1/chat/completions` server) and `heuristic`, a CPU
-stand-in teacher that is not a language model (see `backends.heuristic`).
+`openai` (any OpenAI-compatible `/v1/chat/completions` server), and two CPU teachers that
+are not language models: `rubric`, the rubric judge (`backends.rubric_teacher`), and
+`heuristic`, a rule-based stand-in (`backends.heuristic`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import Discriminator, Field, Tag
 
 from personal_rm.config import Config
+from personal_rm.embed import DEFAULT_CACHE
 from personal_rm.pgenrm.prompt import Message
 
 
@@ -67,6 +69,18 @@ class OpenAIBackendConfig(Config):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
 
 
+class RubricTeacherConfig(Config):
+    """The rubric judge as the CPU teacher (`backends.rubric_teacher`): not a language model."""
+
+    kind: Literal["rubric"] = "rubric"
+    judge: str = Field(
+        "results/chains/rubric_teacher",
+        description="Artefact stem of the fitted judge (jobs.build_chains fits it if missing).",
+    )
+    rubric_size: int = Field(3, ge=1, description="Named criteria in a chain; the rest fold.")
+    cache_dir: str = Field(str(DEFAULT_CACHE), description="Embedding cache folder.")
+
+
 class HeuristicBackendConfig(Config):
     """The CPU stand-in teacher (`backends.heuristic`): not a language model, no settings."""
 
@@ -84,7 +98,8 @@ BackendConfig = Annotated[
     Annotated[TransformersBackendConfig, Tag("transformers")]
     | Annotated[VLLMBackendConfig, Tag("vllm")]
     | Annotated[OpenAIBackendConfig, Tag("openai")]
-    | Annotated[HeuristicBackendConfig, Tag("heuristic")],
+    | Annotated[HeuristicBackendConfig, Tag("heuristic")]
+    | Annotated[RubricTeacherConfig, Tag("rubric")],
     Discriminator(_kind),
 ]
 
@@ -131,6 +146,12 @@ def build_backend(config: BackendConfig) -> GenerationBackend:
             max_retries=config.max_retries,
             concurrency=config.concurrency,
         )
+    if isinstance(config, RubricTeacherConfig):
+        from personal_rm.backends.rubric_teacher import RubricTeacher, load_teacher
+        from personal_rm.embed import CachedEncoder, MiniLMEncoder
+
+        encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)
+        return RubricTeacher(load_teacher(config.judge, encoder), encoder, config.rubric_size)
     from personal_rm.backends.heuristic import HeuristicTeacher
 
     return HeuristicTeacher()
@@ -141,6 +162,7 @@ __all__ = [
     "GenerationBackend",
     "HeuristicBackendConfig",
     "OpenAIBackendConfig",
+    "RubricTeacherConfig",
     "SamplingConfig",
     "TransformersBackendConfig",
     "VLLMBackendConfig",

@@ -20,7 +20,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from personal_rm.backends import SamplingConfig
-from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore
+from personal_rm.pgenrm.chain import (
+    Criterion,
+    EvaluationChain,
+    Persona,
+    ResponseScore,
+    in_cents,
+)
 from personal_rm.pgenrm.prompt import (
     JudgeRequest,
     Message,
@@ -65,13 +71,8 @@ def _history_agreement(history: Sequence[tuple[str, str, str]]) -> dict[str, flo
 
 
 def _weights(agreement: dict[str, float]) -> dict[str, float]:
-    """Weights ∝ 0.2 + |agreement|, rounded to cents that sum to exactly 1."""
-    raw = {name: 0.2 + abs(a) for name, a in agreement.items()}
-    total = sum(raw.values())
-    cents = {name: round(100 * v / total) for name, v in raw.items()}
-    largest = max(cents, key=cents.get)
-    cents[largest] += 100 - sum(cents.values())
-    return {name: c / 100 for name, c in cents.items()}
+    """Weights ∝ 0.2 + |agreement|, in cents."""
+    return in_cents({name: 0.2 + abs(a) for name, a in agreement.items()})
 
 
 def write_chain(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -47,6 +47,17 @@ class Split:
     def rows_of(self, rows: np.ndarray, users: Sequence[str], user_ids: np.ndarray) -> np.ndarray:
         """The subset of `rows` that belongs to `users`."""
         return rows[np.isin(user_ids[rows], np.asarray(users, dtype=object))]
+
+    def capped_test(self, user_ids: np.ndarray, per_user: int, seed: int = 0) -> Split:
+        """The split with at most `per_user` test rows per user, a seeded draw of each user's:
+        what an expensive judge can afford, and every method is then scored on the same rows.
+        Train rows, and so supports, stay as they are."""
+        by_user = rows_by_user(user_ids[self.test])
+        kept = [
+            self.test[user_rng(seed + 2, user).permutation(rows)[:per_user]]
+            for user, rows in by_user.items()
+        ]
+        return replace(self, test=np.sort(np.concatenate(kept)) if kept else self.test)
 
 
 def user_protocol_split(

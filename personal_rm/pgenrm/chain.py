@@ -102,6 +102,34 @@ class EvaluationChain(BaseModel):
         return finals[self.verdict] == max(finals)
 
 
+def in_cents(weights: dict[str, float]) -> dict[str, float]:
+    """Weights ∝ `weights`, rounded to cents that sum to exactly 1 (the remainder goes to the
+    largest): what a small judge can write and still pass the sum check."""
+    total = sum(weights.values())
+    cents = {name: round(100 * v / total) for name, v in weights.items()}
+    largest = max(cents, key=cents.get)
+    cents[largest] += 100 - sum(cents.values())
+    return {name: c / 100 for name, c in cents.items()}
+
+
+def rounded(chain: EvaluationChain) -> EvaluationChain:
+    """`chain` as a small student writes it: weights in cents, whole-number scores, no
+    criterion descriptions, totals recomputed from those. The verdict stays: where rounding
+    ties or flips a close call, the totals no longer follow it, and a teacher's filter
+    (`chain_data.accepted_index`) rejects the chain rather than teach a contradiction."""
+    weights = in_cents({c.name: c.weight for c in chain.rubric})
+    scores = [
+        ResponseScore(
+            response=s.response,
+            scores={n: float(round(v)) for n, v in s.scores.items()},
+            stated_total=round(sum(weights[n] * round(v) for n, v in s.scores.items()), 2),
+        )
+        for s in chain.scores
+    ]
+    rubric = [Criterion(name=n, weight=w) for n, w in weights.items()]
+    return chain.model_copy(update={"rubric": rubric, "scores": scores})
+
+
 @dataclass(frozen=True)
 class Samples:
     """A judge's chains for several histories on one request (or, for a feature judge, on a

@@ -27,18 +27,9 @@ from personal_rm.pgenrm.prompt import PromptBudget
 from personal_rm.prepare import SplitConfig
 
 
-class ChainDataConfig(Config):
-    """What the generative-judge jobs read and how the judge sees it."""
+class JudgeViewConfig(Config):
+    """How much of a user's history and of a request the LLM judge reads."""
 
-    data: str = Field(
-        "llmfao", description="A file in the normalized schema, or a dataset name (llmfao ships)."
-    )
-    format: str = Field("normalized", description="Input format (see jobs.evaluate --help).")
-    on_error: Literal["raise", "skip"] = Field(
-        "raise", description="Stop at the first malformed row, or skip and count them."
-    )
-    max_users: int | None = Field(None, description="Keep this many users (seeded): quick runs.")
-    seed: int = Field(0, description="Seed of the user sample, the split, histories and shuffles.")
     history_size: int = Field(
         8, description="h: the user's past comparisons drawn; those within history_tokens shown."
     )
@@ -51,7 +42,7 @@ class ChainDataConfig(Config):
     history_text_chars: int | None = Field(
         100, description="Cut the history's texts to this many characters (None: as the request)."
     )
-    tokenizer: str = Field(
+    tokenizer: str | None = Field(
         "smollm2-135m", description="The judge's model (folder or name): counts history_tokens."
     )
 
@@ -59,6 +50,20 @@ class ChainDataConfig(Config):
         return PromptBudget(
             self.max_text_chars, self.history_tokens, self.tokenizer, self.history_text_chars
         )
+
+
+class ChainDataConfig(JudgeViewConfig):
+    """What the generative-judge jobs read, and how the judge sees it."""
+
+    data: str = Field(
+        "llmfao", description="A file in the normalized schema, or a dataset name (llmfao ships)."
+    )
+    format: str = Field("normalized", description="Input format (see jobs.evaluate --help).")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="Stop at the first malformed row, or skip and count them."
+    )
+    max_users: int | None = Field(None, description="Keep this many users (seeded): quick runs.")
+    seed: int = Field(0, description="Seed of the user sample, the split, histories and shuffles.")
 
 
 def load_split(config: ChainDataConfig, split: SplitConfig) -> tuple[list[Comparison], Split]:

@@ -40,7 +40,15 @@ from personal_rm.mrm import (
     build_net,
     meta_train_selected,
 )
-from personal_rm.pgenrm.chain import Criterion, EvaluationChain, Persona, ResponseScore, Samples
+from personal_rm.pgenrm.chain import (
+    Criterion,
+    EvaluationChain,
+    Persona,
+    ResponseScore,
+    Samples,
+    rounded,
+)
+from personal_rm.pgenrm.prompt import LABELS
 from personal_rm.reward import LinearReward
 
 ASPECTS = ("style", "content_and_structure", "core_values")  # the `Persona` fields
@@ -300,8 +308,12 @@ class RubricJudge:
         scaled = np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
         return np.clip(5.5 + 4.5 * scaled, 1.0, 10.0)
 
-    def chain(self, weights: np.ndarray, responses: np.ndarray) -> EvaluationChain:
-        """The evaluation chain of the rubric `weights` (K,) on one request's (R, d) responses."""
+    def chain(
+        self, weights: np.ndarray, responses: np.ndarray, brief: bool = False
+    ) -> EvaluationChain:
+        """The evaluation chain of the rubric `weights` (K,) on one request's (R, d) responses.
+        `brief`: as a small LLM judge learns to write it (a persona of criterion names, then
+        `chain.rounded`), for the chains this judge teaches (`backends.rubric_teacher`)."""
         scores = self.criterion_scores(responses)
         finals = scores @ weights
         verdict = int(np.argmax(finals))
@@ -324,9 +336,10 @@ class RubricJudge:
                 line[OTHER] = float(np.clip(mean, 1.0, 10.0))
         lead = scores[verdict] - scores.mean(0)  # how much each criterion favours the verdict
         decisive = [self.criteria[j].name for j in np.argsort(-weights * lead)[:3]]
-        return EvaluationChain(
-            analysis=f"Response {verdict} wins mostly on: {', '.join(decisive)}.",
-            persona=self.persona(weights),
+        winner = LABELS[verdict] if brief else verdict  # brief chains speak the prompt's labels
+        full = EvaluationChain(
+            analysis=f"Response {winner} wins mostly on: {', '.join(decisive)}.",
+            persona=self.persona(weights, brief),
             rubric=rubric,
             scores=[
                 ResponseScore(response=r, scores=line, stated_total=float(finals[r]))
@@ -334,14 +347,17 @@ class RubricJudge:
             ],
             verdict=verdict,
         )
+        return rounded(full) if brief else full
 
-    def persona(self, weights: np.ndarray) -> Persona:
-        """Each persona field = the descriptions of that aspect's two heaviest criteria."""
+    def persona(self, weights: np.ndarray, brief: bool = False) -> Persona:
+        """Each persona field = the descriptions (`brief`: the names) of that aspect's two
+        heaviest criteria."""
         text = {}
         for aspect in ASPECTS:
             mine = [j for j, c in enumerate(self.criteria) if c.aspect == aspect]
             top = sorted(mine, key=lambda j: -weights[j])[:2]
-            text[aspect] = " ".join(self.criteria[j].description for j in top) or "No preference."
+            words = [self.criteria[j].name if brief else self.criteria[j].description for j in top]
+            text[aspect] = (", " if brief else " ").join(words) or "No preference."
         return Persona(**text)
 
     def sample(
