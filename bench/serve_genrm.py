@@ -11,7 +11,7 @@ of the `--requests` users with the most history, their latest LLMFAO comparison 
 chains returned. The store holds all of LLMFAO, so that comparison is in the user's history:
 this shows the served path and its cost, not accuracy (`jobs.evaluate --methods genrm`
 measures that). Writes `bench/results/serve_genrm_<name>.json`: per request the status, the
-scores, the wall time and the first chain as the server returned it.
+scores, the wall time, how many of the returned chains parsed and the first that did.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def run(config: ServeGenRMConfig) -> dict:
                     "preferred": result.get("preferred"),
                     "wall_s": round(wall_s, 1),
                     "parts": result.get("parts"),
-                    "first_chain": (result.get("chains") or [None])[0],
+                    "parsed_chains": sum(c is not None for c in result.get("chains") or []),
+                    "first_parsed_chain": next((c for c in result.get("chains") or [] if c), None),
                     "detail": result.get("detail"),
                 }
             )

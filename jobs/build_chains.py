@@ -82,7 +82,8 @@ def run(config: BuildChainsConfig) -> dict[str, int]:
     connect(config.address)
     provenance = {
         "teacher": config.teacher.kind,
-        "teacher_model": getattr(config.teacher, "model", "") or None,  # heuristic: none
+        # an LLM's name, the rubric teacher's fitted judge, nothing for the heuristic
+        "teacher_model": getattr(teacher, "model", None) or getattr(teacher, "judge", None),
         "llm_teacher": config.teacher.kind not in ("heuristic", "rubric"),
         "temperature": config.sampling.temperature,
         "history_size": config.history_size,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from pydantic import Field
@@ -68,25 +69,20 @@ class EvaluateConfig(DataConfig, MethodsConfig):
     genrm: GenRMConfig = GenRMConfig()
 
 
-def judge_in_batches(config: GenRMConfig) -> Callable[[Sequence[JudgeTask]], list[Judged]]:
+def genrm_judge(config: GenRMConfig) -> Callable[[Sequence[JudgeTask]], list[Judged]]:
     """The `genrm` method's judge: its backend, loaded once, over tasks a batch at a time."""
-    from tqdm.auto import tqdm
-
     from personal_rm.backends import build_backend
-    from personal_rm.pgenrm.llm_judge import judge_tasks
+    from personal_rm.pgenrm.llm_judge import judge_in_batches
 
-    backend, budget = build_backend(config.backend), config.budget()
-
-    def judge(tasks: Sequence[JudgeTask]) -> list[Judged]:
-        judged: list[Judged] = []
-        for start in tqdm(range(0, len(tasks), config.batch_size), desc="genrm", unit="batch"):
-            batch = tasks[start : start + config.batch_size]
-            judged += judge_tasks(
-                backend, batch, n=config.n, sampling=config.sampling, budget=budget
-            )
-        return judged
-
-    return judge
+    return partial(
+        judge_in_batches,
+        build_backend(config.backend),
+        n=config.n,
+        sampling=config.sampling,
+        budget=config.budget(),
+        batch_size=config.batch_size,
+        desc=config.name,
+    )
 
 
 def run(config: EvaluateConfig) -> list[dict]:
@@ -118,7 +114,7 @@ def run(config: EvaluateConfig) -> list[dict]:
         )
     if GENRM in config.methods:
         rows += evaluate_judge(
-            judge_in_batches(config.genrm),
+            genrm_judge(config.genrm),
             prepared.comparisons,
             split,
             config.k,

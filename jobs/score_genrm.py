@@ -44,11 +44,9 @@ class ScoreGenRMConfig(ChainDataConfig):
 def run(config: ScoreGenRMConfig) -> dict:
     import time
 
-    from tqdm.auto import tqdm
-
     from personal_rm.backends import build_backend
     from personal_rm.pgenrm.chain_data import load_split, select
-    from personal_rm.pgenrm.llm_judge import judge_report, judge_tasks, make_tasks
+    from personal_rm.pgenrm.llm_judge import judge_in_batches, judge_report, make_tasks
 
     comparisons, split = load_split(config, config.split)
     backend = build_backend(config.backend)
@@ -58,15 +56,16 @@ def run(config: ScoreGenRMConfig) -> dict:
         test = select(comparisons, split, split.test, users)[: config.max_comparisons]
         history = select(comparisons, split, split.train, users)
         tasks = make_tasks(test, history, config.history_size, config.seed)
-        judged, start_s = [], time.perf_counter()
-        for start in tqdm(range(0, len(tasks), config.batch_size), desc=f"{group} users"):
-            judged += judge_tasks(
-                backend,
-                tasks[start : start + config.batch_size],
-                n=config.n,
-                sampling=config.sampling,
-                budget=config.budget(),
-            )
+        start_s = time.perf_counter()
+        judged = judge_in_batches(
+            backend,
+            tasks,
+            n=config.n,
+            sampling=config.sampling,
+            budget=config.budget(),
+            batch_size=config.batch_size,
+            desc=f"{group} users",
+        )
         wall_s = time.perf_counter() - start_s
         report[group] = judge_report(judged, seed=config.seed)
         r = report[group]

@@ -81,6 +81,28 @@ def evaluate_method(
     return [row(*group) for group in protocol(split, ids, ks, seed)]
 
 
+def judge_protocol(
+    judge: Callable[[Sequence[JudgeTask]], list[Judged]],
+    comparisons: Sequence[Comparison],
+    split: Split,
+    ks: Sequence[KShot],
+    *,
+    history_size: int,
+    seed: int = 0,
+) -> Iterator[tuple[str, KShot, list[Judged], float]]:
+    """(group, k, judged test comparisons, seconds) of a generative judge under the protocol:
+    each test comparison is judged with its user's support (seen users: their train rows) as
+    the history pool, h drawn from it."""
+    ids = np.array([c.user_id for c in comparisons], dtype=object)
+    for group, k, users, support in protocol(split, ids, ks, seed):
+        test = split.rows_of(split.test, users, ids)
+        pool = [comparisons[i] for i in support]
+        tasks = make_tasks([comparisons[i] for i in test], pool, history_size, seed)
+        started = time.perf_counter()
+        judged = judge(tasks)
+        yield group, k, judged, time.perf_counter() - started
+
+
 def evaluate_judge(
     judge: Callable[[Sequence[JudgeTask]], list[Judged]],
     comparisons: Sequence[Comparison],
@@ -92,18 +114,14 @@ def evaluate_judge(
     n_boot: int = 1000,
     name: str = "genrm",
 ) -> list[dict[str, Any]]:
-    """A generative judge under the same protocol: each test comparison is judged with its
-    user's support (seen users: their train rows) as the history pool, h drawn from it.
-    Margins are the mean recomputed final-score difference over the chains that parse; no
-    parse, or a tie, is wrong. Rows follow the contract, plus parse failures and seconds."""
-    ids = np.array([c.user_id for c in comparisons], dtype=object)
+    """`judge_protocol`'s rows in the contract, plus parse failures and seconds. A margin is
+    the mean recomputed final-score difference over the chains that parse; no parse, or a
+    tie, is wrong."""
     rows = []
-    for group, k, users, support in protocol(split, ids, ks, seed):
-        test = split.rows_of(split.test, users, ids)
-        pool = [comparisons[i] for i in support]
-        tasks = make_tasks([comparisons[i] for i in test], pool, history_size, seed)
-        started = time.perf_counter()
-        report = judge_report(judge(tasks), n_boot=n_boot, seed=seed)
+    for group, k, judged, seconds in judge_protocol(
+        judge, comparisons, split, ks, history_size=history_size, seed=seed
+    ):
+        report = judge_report(judged, n_boot=n_boot, seed=seed)
         rows.append(
             {
                 "method": name,
@@ -113,7 +131,7 @@ def evaluate_judge(
                 "fit_seconds": 0.0,
                 "parse_failure_rate": report["parse_failure_rate"],
                 "tie_rate": report["tie_rate"],
-                "score_seconds": round(time.perf_counter() - started, 1),
+                "score_seconds": round(seconds, 1),
             }
         )
     return rows

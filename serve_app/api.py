@@ -120,7 +120,9 @@ class ScoreResponse(HistoryCounts):
     method: str
     parts: dict[str, int] = Field(description="Valid samples per level, e.g. individual/prototype.")
     alpha: float = Field(description="Weight the individual level got in the mix.")
-    chains: list[dict] | None = None
+    chains: list[dict | None] | None = Field(
+        None, description="With return_chains: every sample's chain, null where it did not parse."
+    )
     timing_ms: dict[str, float]
 
 

@@ -178,3 +178,23 @@ def test_grouped_layout_serves_every_prototype(client, config):
         if {p % 2 for p in served} == {0, 1}:
             break
     assert {p % 2 for p in served} == {0, 1}  # both groups' deployments served requests
+
+
+def test_a_sample_that_did_not_parse_is_a_null_chain_not_a_500():
+    """A real LLM judge leaves some samples unparsed; with return_chains the answer lists them
+    as null in their place (found serving the trained SmolLM2: this used to be a 500)."""
+    from serve_app.api import ScoreResponse
+
+    answer = ScoreResponse(
+        user_id="u1",
+        scores=[6.5, 4.0],
+        preferred=0,
+        prototype=None,
+        method="genrm",
+        history_used=3,
+        parts={"individual": 1, "prototype": 0},
+        alpha=1.0,
+        chains=[{"verdict": 0}, None],
+        timing_ms={"total": 1.0},
+    )
+    assert answer.model_dump(mode="json")["chains"] == [{"verdict": 0}, None]

@@ -122,6 +122,26 @@ def judge_tasks(
     ]
 
 
+def judge_in_batches(
+    backend: GenerationBackend,
+    tasks: Sequence[JudgeTask],
+    *,
+    n: int,
+    sampling: SamplingConfig,
+    budget: PromptBudget,
+    batch_size: int,
+    desc: str = "judging",
+) -> list[Judged]:
+    """`judge_tasks` a batch at a time, behind a progress bar: an LLM on CPU takes minutes."""
+    from tqdm.auto import tqdm
+
+    judged: list[Judged] = []
+    for start in tqdm(range(0, len(tasks), batch_size), desc=desc, unit="batch"):
+        batch = tasks[start : start + batch_size]
+        judged += judge_tasks(backend, batch, n=n, sampling=sampling, budget=budget)
+    return judged
+
+
 def judge_report(judged: Sequence[Judged], *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Parse-failure rates by cause and accuracy three ways (see the module docstring)."""
     results = [r for j in judged for r in j.results]
