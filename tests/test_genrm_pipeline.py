@@ -9,6 +9,7 @@ retrains and rescores nothing).
 import json
 
 import pytest
+import yaml
 
 from jobs.genrm_pipeline import main
 
@@ -48,3 +49,9 @@ def test_the_judge_path_runs_once_and_then_from_its_caches(ray_session, tmp_path
     printed = capsys.readouterr().out
     assert "sft: cached" in printed and "evaluate: cached" in printed
     assert f"'skipped_done': {len(chains)}" in printed
+
+    # Evaluation alone, forced: it reads the trained folder, not the untrained model.
+    main([*argv, "--stages", "evaluate", "--force", "evaluate"])
+    evaluated = yaml.safe_load((out / "evaluate" / "config.yaml").read_text())
+    assert evaluated["genrm"]["backend"]["model"] == str(out / "genrm" / "sft")
+    assert (out / "genrm" / "sft" / "config.json").exists()  # an earlier stage is kept
