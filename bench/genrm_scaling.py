@@ -45,15 +45,9 @@ class GenRMScalingConfig(DataConfig):
     out: Path = Field(Path("bench/results/genrm_scaling.json"), description="Result JSON.")
 
 
-def per_user(users: np.ndarray, margins: np.ndarray) -> dict[str, float]:
-    from personal_rm.metrics import per_user_counts
-
-    correct, total = per_user_counts(users, margins)
-    return dict(zip(map(str, np.unique(users)), correct / total, strict=True))
-
-
 def run(config: GenRMScalingConfig) -> dict:
     from personal_rm.evaluation import judge_protocol
+    from personal_rm.metrics import per_user_accuracy
     from personal_rm.pgenrm.chain import EvaluationChain
     from personal_rm.pgenrm.llm_judge import Judged
     from personal_rm.prepare import prepare
@@ -77,7 +71,7 @@ def run(config: GenRMScalingConfig) -> dict:
         users = np.array([j.task.comparison.user_id for j in judged], dtype=object)
         first = np.array([Judged(j.task, j.texts[:1], j.results[:1]).margin() for j in judged])
         every = np.array([j.margin() for j in judged])
-        one, many = per_user(users, first), per_user(users, every)
+        one, many = per_user_accuracy(users, first), per_user_accuracy(users, every)
         diff = np.array([many[u] - one[u] for u in sorted(one)])
         boot = diff[rng.integers(0, len(diff), (config.n_boot, len(diff)))].mean(1)
         chains = [(j.task.order, r) for j in judged for r in j.results]

@@ -34,6 +34,12 @@ def per_user_counts(user_ids: np.ndarray, margins: np.ndarray) -> tuple[np.ndarr
     return np.bincount(inverse, weights=correct), np.bincount(inverse).astype(float)
 
 
+def per_user_accuracy(user_ids: np.ndarray, margins: np.ndarray) -> dict[str, float]:
+    """Each user's accuracy of `margins`, keyed by user id: what paired comparisons pair."""
+    correct, total = per_user_counts(user_ids, margins)
+    return dict(zip(map(str, np.unique(user_ids)), correct / total, strict=True))
+
+
 def worst_fraction_mean(per_user: np.ndarray, fraction: float = 0.1) -> float:
     count = max(1, int(np.ceil(fraction * len(per_user))))
     return float(np.sort(per_user)[:count].mean())

@@ -19,7 +19,7 @@ import numpy as np
 from personal_rm.data.splits import KShot, Split
 from personal_rm.evaluation import protocol, score_users
 from personal_rm.features import PairSet
-from personal_rm.metrics import per_user_counts, worst_fraction_mean
+from personal_rm.metrics import per_user_accuracy, worst_fraction_mean
 from personal_rm.reward import RewardModel
 
 Cell = tuple[str, KShot]  # (split, k): ("seen", "all") or ("unseen", 8)
@@ -35,9 +35,7 @@ def user_accuracies(
     out = {}
     for group, k, users, support in protocol(split, ids, ks, seed):
         test = split.rows_of(split.test, users, ids)
-        user_ids, margins = score_users(model, pairs, support, users, test)
-        correct, total = per_user_counts(user_ids, margins)
-        out[group, k] = dict(zip(map(str, np.unique(user_ids)), correct / total, strict=True))
+        out[group, k] = per_user_accuracy(*score_users(model, pairs, support, users, test))
     return out
 
 

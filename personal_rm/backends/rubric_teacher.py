@@ -58,17 +58,16 @@ class RubricTeacher:
         if request is None:  # not a judge prompt: say so, as a model would, unparseably
             return [NOT_A_JUDGE_PROMPT] * n
         key = f"prompt-{zlib.crc32(messages[-1]['content'].encode()):08x}"  # seeds the draws
-        history = self._pairs(key, request.history)
-        responses = self.encoder.encode([pair_text(request.prompt, r) for r in request.responses])
+        h = len(request.history)
+        texts = [pair_text(p, c) for p, c, _ in request.history]
+        texts += [pair_text(p, r) for p, _, r in request.history]
+        texts += [pair_text(request.prompt, r) for r in request.responses]
+        vectors = self.encoder.encode(texts)  # one call: one cache look-up per prompt
+        ids = np.full(h, key, dtype=object)
+        history = PairSet(ids, vectors[:h], vectors[h : 2 * h])
+        responses = vectors[2 * h :]
         if sampling.temperature > 0:
             draws = self.judge.sample_rubrics([history], n, seed=sampling.seed or 0)[0]
         else:
             draws = np.repeat(self.judge.rubrics(history, [key])[key][None], n, axis=0)
         return [render_chain(self.judge.chain(w, responses, brief=True)) for w in draws]
-
-    def _pairs(self, key: str, history: Sequence[tuple[str, str, str]]) -> PairSet:
-        if not history:
-            return PairSet.empty(self.encoder.dim)
-        chosen = self.encoder.encode([pair_text(p, c) for p, c, _ in history])
-        rejected = self.encoder.encode([pair_text(p, r) for p, _, r in history])
-        return PairSet(np.full(len(history), key, dtype=object), chosen, rejected)
