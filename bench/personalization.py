@@ -4,10 +4,12 @@ the authors' recipe (`mrm_paper`) and RPO against global BT, paired, over many u
     python -m bench.personalization --data llmfao --seeds 0,1,2,3,4
     python -m bench.personalization --data jester --max_users 1500 --seeds 0,1,2,3,4
 
-Per seed (a fresh user split): fit `bt_global`, `mrm_shrunk` (whose fitted MRM is scored as
-`mrm` too: one meta-training for both), `mrm_paper`, `mrm_no_rpo`, and MRM with RPO's rho and
-gamma chosen on validation users (worst-10% validation accuracy at k=8; the default pair's
-fit is the one `mrm_shrunk` holds). Writes bench/results/personalization_<data>.{md,json,png}.
+Per seed (a fresh user split): fit `bt_global`; the rest of the field (`--field`), each tuned
+on the validation users with the same budget (`bt_user`, `lowrank`, `rubric`, `rubric_tts`);
+`mrm_shrunk` (whose fitted MRM is scored as `mrm` too: one meta-training for both),
+`mrm_paper`, `mrm_no_rpo`, and MRM with RPO's rho and gamma chosen on validation users (worst-10%
+validation accuracy at k=8; the default pair's fit is the one `mrm_shrunk` holds). Writes
+bench/results/personalization_<data>.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.evaluate import EvaluateConfig
 from personal_rm.baselines import GlobalBT, validation_episodes
+from personal_rm.methods import build_method
 from personal_rm.metrics import worst_fraction_mean
 from personal_rm.mrm import PAPER_RECIPE, MetaRewardModel, MRMConfig
 from personal_rm.multiseed import (
@@ -35,6 +39,7 @@ from personal_rm.reward import margins
 from personal_rm.shrinkage import ShrunkMRM
 
 RPO_GRID = [(0.5, 0.5), (0.25, 0.5), (0.5, 0.1)]  # (rho, gamma); the first is the default
+FIELD = "bt_user,lowrank,rubric,rubric_tts"  # the rest of the field, tuned on validation users
 
 
 def validation_worst10(model: MetaRewardModel, validation, k: int = 8, draws: int = 5) -> float:
@@ -63,6 +68,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     global_bt.fit(train, validation)
     seconds["bt_global"] = time.perf_counter() - started
     run["bt_global"] = score(global_bt)
+    field = EvaluateConfig(data=args.data, cache_dir=args.cache_dir, seed=seed)
+    for name in args.field:
+        started = time.perf_counter()
+        model = build_method(name, field)
+        model.fit(train, validation)
+        run[name] = score(model)
+        seconds[name] = time.perf_counter() - started
 
     started = time.perf_counter()
     shrunk = ShrunkMRM()
@@ -125,11 +137,18 @@ def main() -> None:
     parser.add_argument("--max_users", type=int, default=None)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--k", default="0,2,4,8,16")
+    parser.add_argument(
+        "--field",
+        default=FIELD,
+        help="The rest of the field, each tuned on validation users (rubric_tts costs about "
+        "10 min a seed on jester's 1500 users)",
+    )
     parser.add_argument("--cache_dir", default="/tmp/embcache")
     parser.add_argument("--n_boot", type=int, default=2000)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     args.k = [int(k) for k in args.k.split(",")]
+    args.field = args.field.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
     runs, infos = [], []
@@ -141,6 +160,10 @@ def main() -> None:
     wall = time.perf_counter() - started
     rows = aggregate(runs, "bt_global", n_boot=args.n_boot)
     paper_rows = aggregate([{m: r[m] for m in ("mrm", "mrm_paper")} for r in runs], "mrm")
+    against_field = {
+        rival: aggregate([{m: r[m] for m in ("mrm_shrunk", rival)} for r in runs], rival)
+        for rival in args.field
+    }
     cells = list(runs[0]["bt_global"])
     rpo_text, rpo_rows = rpo_table(runs, cells)
     name = Path(args.data).name
@@ -149,15 +172,23 @@ def main() -> None:
         f"# Personalization vs global BT on {head}, seeds {args.seeds}\n\n"
         f"`python -m bench.personalization --data {args.data}"
         + (f" --max_users {args.max_users}" if args.max_users else "")
+        + (f" --field {','.join(args.field)}" if args.field != FIELD.split(",") else "")
         + f" --seeds {args.seeds}`; wall time {wall:.0f} s "
         "(one process, OMP_NUM_THREADS=1, on a 2-core machine).\n\n"
         "Mean over seeds of user-level test accuracy; intervals: 95% two-stage bootstrap "
         "(seeds, then users within a seed); differences paired on the same users.\n\n"
         "## mrm_shrunk (the default) - bt_global\n\n"
         f"{diff_table(rows, 'mrm_shrunk', 'bt_global')}\n\n"
-        "## mrm - bt_global\n\n"
-        f"{diff_table(rows, 'mrm', 'bt_global')}\n\n"
-        "## mrm_paper - mrm (paired)\n\n"
+        + "".join(
+            f"## mrm_shrunk - {rival} (paired)\n\n"
+            f"{diff_table(against_field[rival], 'mrm_shrunk', rival)}\n\n"
+            for rival in args.field
+        )
+        + "".join(
+            f"## {method} - bt_global\n\n{diff_table(rows, method, 'bt_global')}\n\n"
+            for method in (*args.field, "mrm")
+        )
+        + "## mrm_paper - mrm (paired)\n\n"
         f"{diff_table(paper_rows, 'mrm_paper', 'mrm')}\n\n"
         "## RPO (rho, gamma chosen on validation users) - no RPO: worst-10% of users\n\n"
         "Each seed: worst-10% mean of mrm_rpo_val minus that of mrm_no_rpo on the same users; "
@@ -182,6 +213,7 @@ def main() -> None:
         "wall_seconds": wall,
         "rows": rows,
         "mrm_paper_vs_mrm": paper_rows,
+        "mrm_shrunk_vs_field": against_field,
         "rpo": rpo_rows,
         "per_seed": infos,
     }
