@@ -9,8 +9,9 @@ at a time (`actors.train_shards`) and never holds the dataset. The module report
 epoch with a checkpoint whose `model/` folder is Hugging Face format (weights + tokenizer:
 transformers and vLLM load it as is), and resumes from the latest checkpoint when the worker
 group restarts after a failure or the run is started again with the same `name` and `storage_path`.
-The RL stage samples its groups from the live policy through the transformers backend, and
-keeps the starting (SFT) model frozen on every worker as the KL reference.
+The RL stage samples its groups from the live policy, through the transformers backend or
+(`rollout: vllm`) an in-process vLLM engine that is given the policy's weights before every
+step, and keeps the starting (SFT) model frozen on every worker as the KL reference.
 """
 
 from __future__ import annotations
@@ -272,7 +273,12 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     dtype = getattr(torch, GenRMRayConfig(**loop["ray"]).dtype)
     reference = AutoModelForCausalLM.from_pretrained(loop["model"], dtype=dtype).to(device)
     reference.eval().requires_grad_(False)
-    backend = TransformersBackend(_unwrap(model), tokenizer, batch_size=config.prompts_per_step)
+    policy = _unwrap(model)
+    backend = (
+        VLLMRollouts(policy, loop["model"], config, device)
+        if config.rollout == "vllm"
+        else TransformersBackend(policy, tokenizer, batch_size=config.prompts_per_step)
+    )
     shard = WorkerShard.of(loop, config.prompts_per_step, config.seed)
     progress = StepLog("rl", shard, GenRMRayConfig(**loop["ray"]).log_every)
     model.train()
@@ -291,6 +297,31 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
         history.append({"epoch": epoch, **means, "start_epoch": start_epoch})
         _report(model, optimizer, tokenizer, history)
     return history
+
+
+class VLLMRollouts:
+    """`GenerationBackend` for GRPO's groups: an in-process vLLM engine (this worker's) that
+    samples from the live policy, its weights copied in before every step's sampling."""
+
+    def __init__(
+        self, policy: torch.nn.Module, model: str, config: GRPOConfig, device: torch.device
+    ) -> None:
+        from personal_rm.backends.vllm_backend import VLLMBackend
+
+        self.policy = policy
+        self.engine = VLLMBackend(
+            model,
+            dtype=config.rollout_dtype,
+            max_model_len=config.rollout_max_model_len,
+            gpu_memory_utilization=config.rollout_memory,
+            enforce_eager=device.type != "cuda",
+            in_process=True,
+            cpu_kvcache_gib=None if device.type == "cuda" else config.rollout_cpu_kvcache_gib,
+        )
+
+    def generate(self, prompts, n: int, sampling) -> list[list[str]]:
+        self.engine.load_weights(self.policy.state_dict())
+        return self.engine.generate(prompts, n, sampling)
 
 
 def stage_dataset(

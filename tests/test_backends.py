@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -139,9 +140,10 @@ def test_vllm_backend_without_vllm_says_how_to_install(model_dir):
         pytest.skip("vllm is installed: the real backend is tested below")
 
 
-@pytest.fixture(scope="module")
-def vllm_backend(model_dir):
-    """One vLLM engine for the module (start-up is ~30-90 s on 2 CPU cores)."""
+@pytest.fixture(scope="module", params=[False, True], ids=["engine-process", "in-process"])
+def vllm_backend(model_dir, request):
+    """A vLLM engine per mode (start-up is ~30-90 s on 2 CPU cores): in its own engine-core
+    process (serving), and in this process (a trainer's rollouts)."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     backend = build_backend(
@@ -150,6 +152,7 @@ def vllm_backend(model_dir):
             dtype="float32",
             max_model_len=2048,
             enforce_eager=True,
+            in_process=request.param,
         )
     )
     yield backend
@@ -160,3 +163,32 @@ def test_vllm_backend_samples_n_per_prompt(vllm_backend, local, prompts):
     greedy = check_shape_and_sampling(vllm_backend, prompts)
     # Same weights (float32), same greedy tokens as transformers.
     assert [s[0] for s in greedy] == [s[0] for s in local.generate(prompts, 1, GREEDY)]
+
+
+def test_vllm_rollouts_follow_the_trainers_weights(vllm_backend, model_dir, prompts):
+    """`load_weights` copies a policy's weights into the engine: afterwards vLLM's greedy
+    chains are the updated policy's own (transformers, same weights), not the old model's."""
+    if not vllm_backend.in_process:
+        with pytest.raises(RuntimeError, match="in_process"):
+            vllm_backend.load_weights({})
+        return
+    before = vllm_backend.generate(prompts, 1, SAMPLED)
+    policy = TransformersBackend.load(str(model_dir), batch_size=2)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a policy step away from the starting weights
+        for weight in policy.model.parameters():
+            weight.add_(0.5 * weight.std() * torch.randn(weight.shape, generator=generator))
+    vllm_backend.load_weights(policy.model.state_dict())
+    assert vllm_backend.generate(prompts, 1, GREEDY) == policy.generate(prompts, 1, GREEDY)
+    assert vllm_backend.generate(prompts, 1, SAMPLED) != before  # same seed, new weights
+
+
+def test_vllm_seeded_samples_of_a_batch_longer_than_one_prefill_step(vllm_backend):
+    """vllm-cpu 0.32 died when a seeded request's prefill was split across engine steps
+    ("CPU Generator does not use offset"): 32 distinct 150-word prompts overflow one step."""
+    rng = np.random.default_rng(0)
+    words = ["cat", "dog", "tree", "blue", "run", "sky", "red", "sea"]
+    texts = [" ".join(f"{w}{rng.integers(99)}" for w in rng.choice(words, 150)) for _ in range(32)]
+    seeded = SamplingConfig(temperature=0.7, max_new_tokens=4, seed=0)
+    prompts = [[{"role": "user", "content": text}] for text in texts]
+    assert len(vllm_backend.generate(prompts, 1, seeded)) == 32

@@ -57,6 +57,11 @@ class VLLMBackendConfig(Config):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory.")
     max_model_len: int | None = Field(None, description="Context length (default: the model's).")
     enforce_eager: bool = Field(False, description="No CUDA graphs (required on CPU).")
+    in_process: bool = Field(
+        False,
+        description="Engine and worker in this process (one worker): weights can then be "
+        "copied in from a trainer (`load_weights`).",
+    )
 
 
 class OpenAIBackendConfig(Config):
@@ -132,6 +137,7 @@ def build_backend(config: BackendConfig) -> GenerationBackend:
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
             enforce_eager=config.enforce_eager,
+            in_process=config.in_process,
         )
     if isinstance(config, OpenAIBackendConfig):
         import os
