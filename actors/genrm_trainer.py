@@ -286,12 +286,13 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
         steps = []
         for step, batch in enumerate(shard.epoch(epoch)):
             seed = config.seed + (epoch * shard.steps + step) * shard.world + shard.rank
+            started = time.perf_counter()
             loss, metrics = grpo_step(model, reference, tokenizer, backend, batch, config, seed)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad()
-            steps.append(metrics)
+            steps.append({**metrics, "step_seconds": time.perf_counter() - started})
             progress.step(epoch, step, f"reward={metrics['reward']:.3f}")
         means = {k: float(np.mean([m[k] for m in steps])) for k in steps[0]}
         history.append({"epoch": epoch, **means, "start_epoch": start_epoch})

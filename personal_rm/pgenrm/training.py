@@ -14,6 +14,7 @@ token (the k3 estimator), averaged over all chain tokens of the batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -175,7 +176,9 @@ def grpo_step(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=seed
     )
     policy.eval()
+    started = time.perf_counter()
     samples = backend.generate([row["prompt"] for row in rows], config.group_size, sampling)
+    rollout_seconds = time.perf_counter() - started
     policy.train()
     judged = torch.tensor(
         [
@@ -208,5 +211,6 @@ def grpo_step(
         "correct_rate": float(correct.mean()),
         "kl": float(kl),
         "loss": float(loss),
+        "rollout_seconds": rollout_seconds,
     }
     return loss, metrics
