@@ -12,8 +12,9 @@ The N=1 estimate is the first of those chains, so the estimates score the same c
 from the same samples. With `--m` > 0, the prototype level is the paper's: prototypes are
 clustered from the LLM's own chains on the seen users' comparisons (`--member_chains` each;
 `pgenrm.llm_prototypes`), the user is placed by their chains on the request, and each of the
-M nearest members of their prototype writes one chain with the member's history; the levels
-are mixed with `--alpha` to the individual one. Differences are paired: per user, accuracy of
+M nearest members of their prototype writes one chain with the member's history (members' and
+neighbours' chains at `--one_chain_temperature`, greedy by default); the levels are mixed with
+`--alpha` to the individual one. Differences are paired: per user, accuracy of
 one estimate minus another's, with a 95% bootstrap interval over users. Strict: a comparison
 with no parsed chain, or a tie, is wrong. Writes `--out` (JSON) and prints a table.
 """
@@ -52,6 +53,12 @@ class GenRMScalingConfig(DataConfig):
     member_chains: int = Field(
         4, ge=1, description="Chains per seen user (on their own comparisons) for prototypes."
     )
+    one_chain_temperature: float = Field(
+        0.0,
+        ge=0,
+        description="Temperature of the one-chain calls: members' chains and each neighbour's "
+        "(0: the judge's modal reading; sampled at 0.7, 14% of the SFT judge's parsed).",
+    )
     prototypes: PrototypeConfig = PrototypeConfig()
     out: Path = Field(Path("bench/results/genrm_scaling.json"), description="Result JSON.")
 
@@ -86,7 +93,13 @@ def run(config: GenRMScalingConfig) -> dict:
         split = replace(split, seen_users=())
     rng = np.random.default_rng(config.seed)
     judge = genrm_judge(config.genrm)
-    one_chain = partial(judge, n=1)
+    one_chain = partial(
+        judge,
+        n=1,
+        sampling=config.genrm.sampling.model_copy(
+            update={"temperature": config.one_chain_temperature}
+        ),
+    )
     n, m, history_size = config.genrm.n, config.m, config.genrm.history_size
     tts = TTSConfig(n=n, m=m, alpha=config.alpha)
     encoder = CachedEncoder(MiniLMEncoder(), config.cache_dir)

