@@ -275,7 +275,7 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
     reference.eval().requires_grad_(False)
     policy = _unwrap(model)
     backend = (
-        VLLMRollouts(policy, loop["model"], config, device)
+        VLLMRollouts.start(policy, loop["model"], config, device)
         if config.rollout == "vllm"
         else TransformersBackend(policy, tokenizer, batch_size=config.prompts_per_step)
     )
@@ -304,13 +304,17 @@ class VLLMRollouts:
     """`GenerationBackend` for GRPO's groups: an in-process vLLM engine (this worker's) that
     samples from the live policy, its weights copied in before every step's sampling."""
 
-    def __init__(
-        self, policy: torch.nn.Module, model: str, config: GRPOConfig, device: torch.device
-    ) -> None:
+    def __init__(self, policy: torch.nn.Module, engine: Any) -> None:
+        self.policy, self.engine = policy, engine
+
+    @classmethod
+    def start(
+        cls, policy: torch.nn.Module, model: str, config: GRPOConfig, device: torch.device
+    ) -> VLLMRollouts:
+        """The engine on `model` (the policy's starting folder), sized by `config`."""
         from personal_rm.backends.vllm_backend import VLLMBackend
 
-        self.policy = policy
-        self.engine = VLLMBackend(
+        engine = VLLMBackend(
             model,
             dtype=config.rollout_dtype,
             max_model_len=config.rollout_max_model_len,
@@ -319,6 +323,7 @@ class VLLMRollouts:
             in_process=True,
             cpu_kvcache_gib=None if device.type == "cuda" else config.rollout_cpu_kvcache_gib,
         )
+        return cls(policy, engine)
 
     def generate(self, prompts, n: int, sampling) -> list[list[str]]:
         self.engine.load_weights(self.policy.state_dict())

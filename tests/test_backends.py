@@ -166,20 +166,23 @@ def test_vllm_backend_samples_n_per_prompt(vllm_backend, local, prompts):
 
 
 def test_vllm_rollouts_follow_the_trainers_weights(vllm_backend, model_dir, prompts):
-    """`load_weights` copies a policy's weights into the engine: afterwards vLLM's greedy
-    chains are the updated policy's own (transformers, same weights), not the old model's."""
+    """GRPO's vLLM rollouts (`VLLMRollouts`, what `rl_loop` samples through with `rollout:
+    vllm`) copy the live policy's weights in before sampling: after a policy step, vLLM's
+    greedy chains are the updated policy's own (transformers, same weights)."""
+    from actors.genrm_trainer import VLLMRollouts
+
     if not vllm_backend.in_process:
         with pytest.raises(RuntimeError, match="in_process"):
             vllm_backend.load_weights({})
         return
     before = vllm_backend.generate(prompts, 1, SAMPLED)
     policy = TransformersBackend.load(str(model_dir), batch_size=2)
+    rollouts = VLLMRollouts(policy.model, vllm_backend)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a policy step away from the starting weights
         for weight in policy.model.parameters():
             weight.add_(0.5 * weight.std() * torch.randn(weight.shape, generator=generator))
-    vllm_backend.load_weights(policy.model.state_dict())
-    assert vllm_backend.generate(prompts, 1, GREEDY) == policy.generate(prompts, 1, GREEDY)
+    assert rollouts.generate(prompts, 1, GREEDY) == policy.generate(prompts, 1, GREEDY)
     assert vllm_backend.generate(prompts, 1, SAMPLED) != before  # same seed, new weights
 
 
