@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.evaluate import EvaluateConfig
-from personal_rm.baselines import GlobalBT, validation_episodes
+from personal_rm.baselines import validation_episodes
 from personal_rm.methods import build_method
 from personal_rm.metrics import worst_fraction_mean
 from personal_rm.mrm import PAPER_RECIPE, MetaRewardModel, MRMConfig
@@ -63,13 +63,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
         return user_accuracies(model, pairs, split, args.k, seed)
 
     run, info, seconds = {}, {"seed": seed}, {}
-    started = time.perf_counter()
-    global_bt = GlobalBT()
-    global_bt.fit(train, validation)
-    seconds["bt_global"] = time.perf_counter() - started
-    run["bt_global"] = score(global_bt)
     field = EvaluateConfig(data=args.data, cache_dir=args.cache_dir, seed=seed)
-    for name in args.field:
+    for name in ("bt_global", *args.field):
         started = time.perf_counter()
         model = build_method(name, field)
         model.fit(train, validation)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from personal_rm.config import dump_config, parse_config
 from personal_rm.data.splits import KShot
 from personal_rm.methods import MethodsConfig
 from personal_rm.pgenrm.chain_data import JudgeViewConfig
-from personal_rm.pgenrm.llm_judge import Judged, JudgeTask
+from personal_rm.pgenrm.llm_judge import JudgeFn
 from personal_rm.prepare import DataConfig, SplitConfig
 
 GENRM = "genrm"
@@ -69,7 +68,7 @@ class EvaluateConfig(DataConfig, MethodsConfig):
     genrm: GenRMConfig = GenRMConfig()
 
 
-def genrm_judge(config: GenRMConfig) -> Callable[[Sequence[JudgeTask]], list[Judged]]:
+def genrm_judge(config: GenRMConfig) -> JudgeFn:
     """The `genrm` method's judge: its backend, loaded once, over tasks a batch at a time."""
     from personal_rm.backends import build_backend
     from personal_rm.pgenrm.llm_judge import judge_in_batches

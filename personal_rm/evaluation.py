@@ -13,7 +13,7 @@ ci_user, worst10_user (plus n_pairs, ci_sample, fit_seconds).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from personal_rm.data import Comparison
 from personal_rm.data.splits import KShot, Split, k_shot
 from personal_rm.features import PairSet
 from personal_rm.metrics import summarize
-from personal_rm.pgenrm.llm_judge import Judged, JudgeTask, judge_report, make_tasks
+from personal_rm.pgenrm.llm_judge import Judged, JudgeFn, judge_report, make_tasks
 from personal_rm.reward import RewardModel, margins
 
 
@@ -82,7 +82,7 @@ def evaluate_method(
 
 
 def judge_protocol(
-    judge: Callable[[Sequence[JudgeTask]], list[Judged]],
+    judge: JudgeFn,
     comparisons: Sequence[Comparison],
     split: Split,
     ks: Sequence[KShot],
@@ -104,7 +104,7 @@ def judge_protocol(
 
 
 def evaluate_judge(
-    judge: Callable[[Sequence[JudgeTask]], list[Judged]],
+    judge: JudgeFn,
     comparisons: Sequence[Comparison],
     split: Split,
     ks: Sequence[KShot],

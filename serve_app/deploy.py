@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from personal_rm import showcase
-from personal_rm.data.comparison import Comparison
+from personal_rm.data.comparison import Comparison, by_user
 from personal_rm.methods import MethodsConfig
 from personal_rm.prepare import DataConfig, SplitConfig
 from serve_app.config import ServeAppConfig
@@ -232,11 +232,8 @@ def cold_start(
     """A cold-start user posts feedback one comparison at a time (POST /v1/feedback), the
     target scored after each (POST /v1/score); `showcase` rules pick user and target."""
     wanted = set(unseen)
-    by_user: dict[str, list[Comparison]] = {}
-    for c in comparisons:
-        if c.user_id in wanted:
-            by_user.setdefault(c.user_id, []).append(c)
-    cases = showcase.cold_cases(by_user, global_reward, FEEDBACKS)[:COLD_USERS]
+    histories = by_user([c for c in comparisons if c.user_id in wanted])
+    cases = showcase.cold_cases(histories, global_reward, FEEDBACKS)[:COLD_USERS]
     found = flipping_case(client, cases, method)
     if found is None:
         return None

@@ -1,6 +1,6 @@
 """Preference data: the `Comparison` record, loaders, public formats and per-user splits."""
 
-from personal_rm.data.comparison import Comparison, DataError, RowError
+from personal_rm.data.comparison import Comparison, DataError, RowError, by_user
 from personal_rm.data.io import LoadResult, load_comparisons, resolve_dataset
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DataError",
     "LoadResult",
     "RowError",
+    "by_user",
     "load_comparisons",
     "resolve_dataset",
 ]

@@ -6,6 +6,7 @@ users already have needs no conversion beyond naming the annotator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ class Comparison:
             "rejected": self.rejected,
             "meta": self.meta,
         }
+
+
+def by_user(comparisons: Sequence[Comparison]) -> dict[str, list[Comparison]]:
+    """Each user's comparisons, in the given order."""
+    out: dict[str, list[Comparison]] = {}
+    for c in comparisons:
+        out.setdefault(c.user_id, []).append(c)
+    return out
 
 
 @dataclass(frozen=True)

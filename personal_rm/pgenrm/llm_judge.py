@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from personal_rm.backends import GenerationBackend, SamplingConfig
-from personal_rm.data import Comparison
+from personal_rm.data import Comparison, by_user
 from personal_rm.data.splits import user_rng
 from personal_rm.metrics import summarize
 from personal_rm.pgenrm.chain import EvaluationChain, Samples
@@ -65,13 +65,11 @@ def make_tasks(
     targets: Sequence[Comparison], pool: Sequence[Comparison], history_size: int, seed: int = 0
 ) -> list[JudgeTask]:
     """A task per target: history from the same user's `pool` rows, never the target itself."""
-    by_user: dict[str, list[Comparison]] = {}
-    for c in pool:
-        by_user.setdefault(c.user_id, []).append(c)
+    pools = by_user(pool)
     tasks = []
     for target in targets:
         rng = user_rng(seed, comparison_id(target))
-        others = [c for c in by_user.get(target.user_id, []) if c != target]
+        others = [c for c in pools.get(target.user_id, []) if c != target]
         picked = rng.permutation(len(others))[:history_size]
         history = tuple(others[i] for i in sorted(picked))
         tasks.append(JudgeTask(target, history, tuple(shuffle_order(2, rng))))
@@ -96,6 +94,9 @@ class Judged:
     def margin(self) -> float:
         finals = [c.final_scores() for c in self.chains()]
         return float(np.mean([f[0] - f[1] for f in finals])) if finals else math.nan
+
+
+JudgeFn = Callable[[Sequence[JudgeTask]], list[Judged]]  # a judge over tasks, a batch at a time
 
 
 def parse_shown(text: str, order: Sequence[int]) -> ParseResult:

@@ -23,30 +23,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personal_rm.data import Comparison
+from personal_rm.data import Comparison, by_user
 from personal_rm.data.splits import user_rng
 from personal_rm.embed import TextEncoder
 from personal_rm.pgenrm.chain import EvaluationChain, Samples
-from personal_rm.pgenrm.llm_judge import Judged, JudgeTask, make_tasks
+from personal_rm.pgenrm.llm_judge import Judged, JudgeFn, JudgeTask, make_tasks
 from personal_rm.pgenrm.parser import ParseResult
 from personal_rm.pgenrm.prototypes import PrototypeConfig, PrototypeIndex, chain_text, text_vectors
 from personal_rm.pgenrm.scaling import TTSConfig, dual_granularity
 
-JudgeFn = Callable[[Sequence[JudgeTask]], list[Judged]]
 
-
-def by_user(comparisons: Sequence[Comparison]) -> dict[str, list[Comparison]]:
-    out: dict[str, list[Comparison]] = {}
-    for c in comparisons:
-        out.setdefault(c.user_id, []).append(c)
-    return out
-
-
-def chain_vectors(judged: Sequence[Judged], encoder: TextEncoder) -> dict[str, np.ndarray]:
-    """Each user's unit mean embedding of the texts of their parsed chains (none: no vector)."""
+def chain_vectors(
+    judged: Sequence[Judged], encoder: TextEncoder, key: Callable[[Judged], str]
+) -> dict[str, np.ndarray]:
+    """Per key (a user, a comparison), the unit mean embedding of the texts of its parsed
+    chains, every text in one encoder call; a key with no parsed chain gets no vector."""
     texts: dict[str, list[str]] = {}
     for j in judged:
-        texts.setdefault(j.task.comparison.user_id, []).extend(map(chain_text, j.chains()))
+        texts.setdefault(key(j), []).extend(map(chain_text, j.chains()))
     return text_vectors(texts, encoder)
 
 
@@ -70,7 +64,7 @@ def fit_llm_prototypes(
         for i in sorted(user_rng(seed, user).permutation(len(pool))[:per_user])
     ]
     judged = judge(make_tasks(targets, members, history_size, seed))
-    vectors = chain_vectors(judged, encoder)
+    vectors = chain_vectors(judged, encoder, key=lambda j: j.task.comparison.user_id)
     if not vectors:
         raise ValueError("no member chain parsed: the judge cannot build prototypes")
     users = sorted(vectors)
@@ -127,8 +121,7 @@ def prototype_level(
     (their history, the same response order), all neighbours' chains in one judge call:
     `judge` writes one chain per task."""
     pools = by_user(members)
-    texts = {j.task.id: [chain_text(c) for c in j.chains()] for j in judged}
-    placed = text_vectors(texts, encoder)  # one encoder call; no parsed chain: not placed
+    placed = chain_vectors(judged, encoder, key=lambda j: j.task.id)  # per comparison
     near: list[tuple[str, ...]] = []
     tasks: list[JudgeTask] = []
     for j in judged:
