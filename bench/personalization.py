@@ -76,7 +76,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     shrunk.fit(train, validation)
     seconds["mrm_shrunk"] = time.perf_counter() - started
     run["mrm_shrunk"], run["mrm"] = score(shrunk), score(shrunk.mrm)
-    info["lams"], info["scale"] = shrunk.lams, shrunk.scale
+    info["lams"], info["taus"], info["scale"] = shrunk.lams, shrunk.l2s, shrunk.scale
 
     started = time.perf_counter()
     paper = MetaRewardModel(MRMConfig(**PAPER_RECIPE), name="mrm_paper")
@@ -194,8 +194,12 @@ def main() -> None:
             f"{i['seed']}: rho={i['rpo_choice']['rho']} gamma={i['rpo_choice']['gamma']}"
             for i in infos
         )
-        + "\n\nlam per support size (validation-chosen) per seed: "
-        + "; ".join(f"{i['seed']}: {i['lams']}" for i in infos)
+        + "\n\n(lam, tau) per support size (validation-chosen; tau None: no own correction) "
+        "per seed: "
+        + "; ".join(
+            f"{i['seed']}: " + str({k: (lam, i["taus"].get(k)) for k, lam in i["lams"].items()})
+            for i in infos
+        )
         + "\n"
     )
     out = Path(args.out)

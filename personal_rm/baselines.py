@@ -187,25 +187,37 @@ class PerUserBT:
     def _fit(
         self, support: PairSet, users: Sequence[str], l2: float | Mapping[str, float]
     ) -> dict[str, LinearReward]:
-        """All users at once: the objective is a sum of independent per-user problems."""
         users = list(users)
-        precision = torch.as_tensor(
-            [l2[u] if isinstance(l2, Mapping) else l2 for u in users], dtype=torch.float64
-        )
-        diff = torch.as_tensor(differences(support))
-        index = user_index(support, users)
-        prior = torch.as_tensor(self.prior)
-        delta = torch.zeros(len(users), len(prior), dtype=torch.float64, requires_grad=True)
-
-        def loss() -> torch.Tensor:
-            margin = diff @ prior + (diff * delta[index]).sum(1)
-            penalty = 0.5 * (precision[:, None] * delta.square()).sum()
-            return torch.nn.functional.softplus(-margin).sum() + penalty
-
-        if len(support):
-            lbfgs([delta], loss, self.config.max_iter)
-        thetas = (prior + delta).detach().numpy()
+        precision = np.asarray([l2[u] if isinstance(l2, Mapping) else l2 for u in users])
+        thetas = map_thetas(support, users, self.prior, precision, self.config.max_iter)
         return {user: LinearReward(thetas[i]) for i, user in enumerate(users)}
+
+
+def map_thetas(
+    support: PairSet,
+    users: Sequence[str],
+    prior: np.ndarray,
+    precision: np.ndarray,
+    max_iter: int,
+) -> np.ndarray:
+    """(U, d) MAP Bradley-Terry rewards of `users` on their `support` rows, user u's Gaussian
+    prior centred on `prior` ((d,) for all, or (U, d) one each) with precision `precision[u]`.
+    All users in one L-BFGS run: the objective is a sum of independent per-user problems."""
+    users = list(users)
+    centre = torch.as_tensor(np.broadcast_to(prior, (len(users), prior.shape[-1])).copy())
+    precision_t = torch.as_tensor(np.asarray(precision, dtype=np.float64))
+    diff = torch.as_tensor(differences(support))
+    index = user_index(support, users)
+    delta = torch.zeros_like(centre, dtype=torch.float64, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        margin = (diff * (centre + delta)[index]).sum(1)
+        penalty = 0.5 * (precision_t[:, None] * delta.square()).sum()
+        return torch.nn.functional.softplus(-margin).sum() + penalty
+
+    if len(support):
+        lbfgs([delta], loss, max_iter)
+    return (centre + delta).detach().numpy()
 
 
 class LowRankBT:

@@ -70,8 +70,9 @@ class ScoreRequest(StrictModel):
     history: list[HistoryItem] = Field(default_factory=list, max_length=LIMITS.max_history)
     method: Literal["mrm_shrunk", "mrm", "rubric", "genrm"] = Field(
         "mrm_shrunk",
-        description="`mrm_shrunk` (default): MRM shrunk toward the global reward by as much as "
-        "validation users earn; `mrm`, `rubric`: the judges unshrunk; `genrm`: the LLM judge.",
+        description="`mrm_shrunk` (default): MRM shrunk toward the global reward, plus the "
+        "user's own correction, each by as much as validation users earn; `mrm`, `rubric`: "
+        "the judges unshrunk; `genrm`: the LLM judge.",
     )
     n: int | None = Field(
         None, ge=1, le=LIMITS.max_n, description="Individual-level samples (default: the state's)."

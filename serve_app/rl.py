@@ -11,7 +11,8 @@ whole query is the response (OpenRLHF's own reward functions fall back the same 
 Reward scales, per method:
 - the feature judges, `mrm_shrunk`, `mrm`, `rubric` (pointwise): r_u(x, y) = w_u . b(x, y), the
   user's mixture of the judge's base rewards adapted on their stored history (a cold-start
-  user: the meta-learned w0), the reward the evaluation harness scores under those names.
+  user: the meta-learned w0; for `mrm_shrunk` one more base, the user's own correction
+  fitted on that history), the reward the evaluation harness scores under those names.
   Bradley-Terry logits: r(a) - r(b) is the log-odds that the user prefers a (for `mrm_shrunk`
   times the positive factor that makes its chain weights sum to one); the offset means nothing.
   A row's reward does not depend on the other rows. No test-time scaling: it mixes chains,

@@ -111,7 +111,7 @@ def test_the_state_loads_back_field_for_field_and_serves_alike(world) -> None:
     stems = ["router", *(f"prototype-{s.prototype}" for s in shards)]
     assert names == sorted(f"{s}.{x}" for s in stems for x in ("json", "safetensors"))
     header = json.loads((directory / ROUTER_FILE).read_text())
-    assert (header["format"], header["version"]) == ("personal-rm/state", 2)
+    assert (header["format"], header["version"]) == ("personal-rm/state", 3)
 
     loaded = load_router(directory, world["encoder"])
     assert_restored(router, loaded)

@@ -48,24 +48,66 @@ def test_lam_zero_is_global_bt_exactly(one_thread):
 
 
 def test_the_served_judge_orders_responses_as_the_shrunk_model(differing):
-    """The server's `mrm_shrunk` chains: MRM's criteria plus "global reward", whose weights
-    give each user the shrunk model's reward up to a positive factor (same preferences)."""
+    """The server's `mrm_shrunk` chains: MRM's criteria, "global reward" and "own record",
+    whose weights and heads give each user the shrunk model's reward up to a positive factor
+    (same preferences)."""
     data, split, _, _, model = differing
     judge = ShrunkJudge.from_model(model)
     support, users = data.pairs.take(split.train), data.pairs.users()
-    expected = model.personalize(support, users)
+    expected, served = model.personalize(support, users), judge.personalize(support, users)
     rubrics = judge.rubrics(support, users)
-    assert judge.criteria[-1].name == "global reward"
-    assert min(w[-1] for w in rubrics.values()) < 1  # someone is personalized...
+    assert [c.name for c in judge.criteria[-2:]] == ["global reward", "own record"]
+    assert min(w[-2] for w in rubrics.values()) < 1  # someone is personalized...
     for user, weights in rubrics.items():
-        assert weights.min() >= 0 and weights.sum() == pytest.approx(1)
-        served, shrunk = weights @ judge.heads, np.asarray(expected[user].theta, np.float64)
+        assert weights.min() >= 0 and weights.sum() == pytest.approx(1) and weights[-1] == 0
+        ours, theirs = served[user].theta, np.asarray(expected[user].theta, np.float64)
         np.testing.assert_allclose(
-            served / np.linalg.norm(served), shrunk / np.linalg.norm(shrunk), atol=1e-5
+            ours / np.linalg.norm(ours), theirs / np.linalg.norm(theirs), atol=1e-5
         )
     cold = judge.rubrics(PairSet.empty(data.pairs.dim), ["new"])["new"]
     lam = model.lams[0]
-    assert cold[-1] == pytest.approx((1 - lam) / (1 + lam * (model.scale - 1)))
+    assert cold[-2] == pytest.approx((1 - lam) / (1 + lam * (model.scale - 1)))
+
+
+def test_the_served_chains_carry_the_users_own_record(bases_fall_short):
+    """Each sampled chain weighs the own record where the model corrects, and its verdict and
+    totals are its criteria's weighted scores: the own record's head is fitted per draw."""
+    data, split, _, _, model = bases_fall_short
+    judge = ShrunkJudge.from_model(model)
+    user = split.unseen_users[0]
+    history = data.pairs.take(split.train).for_user(user).take(range(16))
+    request = data.pairs.for_user(user).chosen[:3]
+    samples = judge.sample([history, PairSet.empty(data.pairs.dim)], request, 4, 0, True)
+    assert samples.scores.shape == (2, 4, 3)
+    for chain, scores in zip(samples.chains[0], samples.scores[0], strict=True):
+        own = {c.name: c.weight for c in chain.rubric}
+        assert own.get("own record", 0) > 0.05
+        assert chain.verdict == int(np.argmax(scores))
+        totals = [s.stated_total for s in chain.scores]
+        np.testing.assert_allclose(totals, scores)
+    cold = samples.chains[1][0]  # no history: no correction to weigh
+    assert "own record" not in [c.name for c in cold.rubric if c.weight > 0]
+
+
+@pytest.fixture(scope="module")
+def bases_fall_short(one_thread):
+    """Users near one of 12 taste directions, MRM with 3 bases: only a per-user correction can
+    reach most of them."""
+    data = mixture_users(150, 40, n_bases=12, concentration=0.05, seed=6)
+    split, train, validation = split_of(data)
+    model = ShrunkMRM(FAST)
+    model.fit(train, validation)
+    return data, split, train, validation, model
+
+
+def test_the_own_correction_is_taken_where_the_bases_fall_short(bases_fall_short):
+    data, split, train, validation, model = bases_fall_short
+    assert model.l2s[16] is not None
+    without = ShrunkMRM(FAST, ShrinkageConfig(user_l2_grid=[]))
+    without.fit(train, validation)
+    ours = user_accuracies(model, data.pairs, split, [16], seed=0)[("unseen", 16)]
+    theirs = user_accuracies(without, data.pairs, split, [16], seed=0)[("unseen", 16)]
+    assert paired(ours, theirs).mean() > 0.03
 
 
 def test_shrinks_off_global_where_users_differ_and_beats_it(differing):
@@ -114,9 +156,10 @@ def test_choose_lam_needs_a_lower_bound_above_global():
 
 
 def test_the_lower_bounds_hold_together_over_the_grid():
-    # One nonzero lam: the plain one-sided 97.5% bound; ten: Bonferroni over the ten.
-    assert ShrinkageConfig(grid=[0.0, 1.0]).z == pytest.approx(1.96, abs=1e-3)
-    assert ShrinkageConfig().z == pytest.approx(2.807, abs=1e-3)
+    # One nonzero lam: the plain one-sided 97.5% bound; ten lams and 8 precisions, each
+    # around two centres: Bonferroni over the 26.
+    assert ShrinkageConfig(grid=[0.0, 1.0], user_l2_grid=[]).z == pytest.approx(1.96, abs=1e-3)
+    assert ShrinkageConfig().z == pytest.approx(3.102, abs=1e-3)
     # A gain that clears z=2 but not the simultaneous bound stays at global BT.
     gain = np.full(12, 0.05) + np.linspace(-0.11, 0.11, 12)  # mean/SE 2.4
     assert choose_lam({0.0: np.zeros(12), 0.5: gain}, z=2.0)[0] == 0.5

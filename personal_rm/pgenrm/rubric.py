@@ -146,6 +146,21 @@ def _user_key(history: PairSet) -> str:
     return str(history.user_ids[0]) if len(history) else ""
 
 
+def resamples(histories: Sequence[PairSet], n: int, seed: int) -> list[PairSet]:
+    """n bootstrap resamples of each non-empty history, one pseudo-user "i:j" per draw j of
+    history i, seeded by (seed, the history's user id): a user's draw is the same whenever it
+    is made."""
+    parts: list[PairSet] = []
+    for i, history in enumerate(histories):
+        if not len(history):
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(_user_key(history).encode())])
+        for j, rows in enumerate(rng.integers(0, len(history), (n, len(history)))):
+            ids = np.full(len(rows), f"{i}:{j}", dtype=object)
+            parts.append(PairSet(ids, history.chosen[rows], history.rejected[rows]))
+    return parts
+
+
 class RubricJudge:
     """Personal rubrics over named criteria: a `RewardModel` and a chain-writing judge.
 
@@ -277,14 +292,7 @@ class RubricJudge:
         (seed, the history's user id), so a neighbour's draw is the same whenever it is made:
         servers can cache it. An empty history gives w0 n times.
         """
-        parts: list[PairSet] = []  # one pseudo-user "i:j" per draw j of history i
-        for i, history in enumerate(histories):
-            if not len(history):
-                continue
-            rng = np.random.default_rng([seed, zlib.crc32(_user_key(history).encode())])
-            for j, rows in enumerate(rng.integers(0, len(history), (n, len(history)))):
-                ids = np.full(len(rows), f"{i}:{j}", dtype=object)
-                parts.append(PairSet(ids, history.chosen[rows], history.rejected[rows]))
+        parts = resamples(histories, n, seed)
         weights = {"prior": self.prior}
         step = max(1, max_rows // max([len(h) for h in histories] + [1]))
         for start in range(0, len(parts), step):
@@ -297,24 +305,33 @@ class RubricJudge:
 
     # -- chains --------------------------------------------------------------------------------
 
-    def criterion_scores(self, responses: np.ndarray) -> np.ndarray:
+    def criterion_scores(
+        self, responses: np.ndarray, heads: np.ndarray | None = None
+    ) -> np.ndarray:
         """(..., R, K) scores in [1, 10] of each request's (..., R, d) responses: each head's
         outputs centred over the request's responses and divided by the request's largest
         deviation, one affine map for all criteria, so sum_j w_j score_j orders the responses
-        exactly as the reward does, for every w."""
-        raw = np.asarray(responses, dtype=np.float64) @ self.heads.T
+        exactly as the reward does, for every w. `heads` (..., K, d): other heads than the
+        judge's (per history, for a judge with a personal criterion)."""
+        heads = self.heads if heads is None else heads
+        raw = np.asarray(responses, dtype=np.float64) @ np.swapaxes(heads, -1, -2)
         centred = raw - raw.mean(-2, keepdims=True)
         spread = np.abs(centred).max(axis=(-2, -1), keepdims=True)
         scaled = np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
         return np.clip(5.5 + 4.5 * scaled, 1.0, 10.0)
 
     def chain(
-        self, weights: np.ndarray, responses: np.ndarray, brief: bool = False
+        self,
+        weights: np.ndarray,
+        responses: np.ndarray,
+        brief: bool = False,
+        heads: np.ndarray | None = None,
     ) -> EvaluationChain:
         """The evaluation chain of the rubric `weights` (K,) on one request's (R, d) responses.
         `brief`: as a small LLM judge learns to write it (a persona of criterion names, then
-        `chain.rounded`), for the chains this judge teaches (`backends.rubric_teacher`)."""
-        scores = self.criterion_scores(responses)
+        `chain.rounded`), for the chains this judge teaches (`backends.rubric_teacher`).
+        `heads` (K, d): as in `criterion_scores`."""
+        scores = self.criterion_scores(responses, heads)
         finals = scores @ weights
         verdict = int(np.argmax(finals))
         order = np.argsort(-weights, kind="stable")

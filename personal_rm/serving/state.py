@@ -37,7 +37,7 @@ from personal_rm.pgenrm.scaling import Sampler, ScaledRewardModel, ScaledScores,
 from personal_rm.serving.store import FeedbackStore
 from personal_rm.shrinkage import ShrunkJudge, ShrunkMRM
 
-FORMAT = Format("personal-rm/state", 2)  # 2: judges of several kinds (`JUDGE_KINDS`)
+FORMAT = Format("personal-rm/state", 3)  # 2: judges of several kinds; 3: mrm_shrunk own record
 ROUTER = "router"  # router.json + router.safetensors
 ROUTER_FILE = f"{ROUTER}.json"  # written last: a state exists once this file does
 TEXT_JUDGES = frozenset({"genrm"})  # judges that read texts, not features
