@@ -323,6 +323,8 @@ class ShrunkMRM:
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
         users = list(users)
+        if not users:
+            return {}
         counts = {u: len(r) for u, r in support.rows_by_user().items()}
         rewards = self.mrm.personalize(support, users)
         mrm = np.stack([np.asarray(rewards[u].theta, np.float64) for u in users])
@@ -408,6 +410,8 @@ class ShrunkJudge(RubricJudge):
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
         users = list(users)
+        if not users:
+            return {}
         counts = {u: len(rows) for u, rows in support.rows_by_user().items()}
         rubrics = self.rubrics(support, users)
         n_rows = [counts.get(u, 0) for u in users]

@@ -45,12 +45,21 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
-def small_state(tmp_path_factory):
+def embedding_cache(tmp_path_factory):
+    """One MiniLM cache for the session's jobs on LLMFAO: an embedding is a pure function of its
+    text, and embedding the same users afresh cost each job ~45 s on 2 cores. (The encoder
+    and its cache are tested on their own, from empty, in test_embed.)"""
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.fixture(scope="session")
+def small_state(tmp_path_factory, embedding_cache):
     """One small serving state for every Serve test module, fitted once (`serve_helpers`)."""
     from serve_app.deploy import build_server_state
 
     from serve_helpers import small_serve_config
 
     root = tmp_path_factory.mktemp("small-state")
+    (root / "cache").symlink_to(embedding_cache, target_is_directory=True)
     build_server_state(small_serve_config(root, root))
     return root

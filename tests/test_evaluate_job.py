@@ -5,7 +5,7 @@ import json
 from jobs.evaluate import main
 
 
-def test_evaluate_writes_the_accuracy_contract(tmp_path):
+def test_evaluate_writes_the_accuracy_contract(tmp_path, embedding_cache):
     out = tmp_path / "results"
     main(
         [
@@ -18,7 +18,7 @@ def test_evaluate_writes_the_accuracy_contract(tmp_path):
             "--out",
             str(out),
             "--cache_dir",
-            str(tmp_path / "cache"),
+            str(embedding_cache),
         ]
     )
     result = json.loads((out / "accuracy.json").read_text())
@@ -49,7 +49,7 @@ def test_evaluate_writes_the_accuracy_contract(tmp_path):
     assert "| bt_global |" in (out / "tables.md").read_text()
 
 
-def test_genrm_is_scored_on_the_same_comparisons_as_the_feature_methods(tmp_path):
+def test_genrm_is_scored_on_the_same_comparisons_as_the_feature_methods(tmp_path, embedding_cache):
     """The LLM judge's method (here through the rule-based CPU backend, which parses always)
     goes through the harness: its rows are the contract's, over the very test comparisons
     that `bt_global` is scored on, capped at --test_per_user per user."""
@@ -57,7 +57,7 @@ def test_genrm_is_scored_on_the_same_comparisons_as_the_feature_methods(tmp_path
     main(
         [
             *("--max_users", "30", "--k", "0,4", "--n_boot", "100", "--out", str(out)),
-            *("--cache_dir", str(tmp_path / "cache"), "--methods", "bt_global,genrm"),
+            *("--cache_dir", str(embedding_cache), "--methods", "bt_global,genrm"),
             *("--test_per_user", "2", "--genrm.backend.kind", "heuristic"),
         ]
     )

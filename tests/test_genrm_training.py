@@ -23,6 +23,7 @@ from personal_rm.pgenrm.training import (
     IGNORE,
     GRPOConfig,
     SFTConfig,
+    completion_logprobs,
     encode_sft,
     group_advantages,
     grpo_loss,
@@ -73,6 +74,20 @@ def test_group_advantages_and_kl():
     assert float(kl) == 0.0
     _, kl = grpo_loss(logps, logps - 1.0, torch.tensor([1.0]), mask, kl_coef=0.1)
     assert float(kl) == pytest.approx(np.exp(-1) + 1 - 1)
+
+
+def test_completion_logprobs_are_the_full_models_on_completion_tokens(model_dir):
+    """The output layer runs on completion positions only, and gives what the model's own
+    forward gives there (prompts and completions of different lengths, right-padded)."""
+    model = TransformersBackend.load(str(model_dir)).model
+    prompts, completions = [[5, 6, 7, 8, 9], [10, 11]], [[12, 13], [14, 15, 16, 17]]
+    logps, mask = completion_logprobs(model, prompts, completions, pad_id=0)
+    assert mask.sum(1).tolist() == [2, 4]
+    for prompt, completion, row, keep in zip(prompts, completions, logps, mask, strict=True):
+        ids = torch.tensor([prompt + completion])
+        full = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        expected = full[len(prompt) - 1 :].gather(1, torch.tensor(completion)[:, None])[:, 0]
+        torch.testing.assert_close(row[keep], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_open_for_append_drops_a_partial_last_row(tmp_path):

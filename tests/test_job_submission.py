@@ -59,13 +59,13 @@ def ray_head(tmp_path, monkeypatch):
     head.wait(60)
 
 
-def test_evaluate_job_submitted_through_the_jobs_api(ray_head, tmp_path):
+def test_evaluate_job_submitted_through_the_jobs_api(ray_head, tmp_path, embedding_cache):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     out = tmp_path / "results"
     entrypoint = (
         f"python -m jobs.evaluate --max_users 30 --k 0,4 --n_boot 100 --out {out} "
-        f"--cache_dir {tmp_path / 'cache'}"
+        f"--cache_dir {embedding_cache}"
     )
     # The head's dashboard and job agent take a while to come up: over 180 s on a loaded box.
     deadline = time.monotonic() + 360

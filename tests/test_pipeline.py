@@ -99,9 +99,9 @@ def test_worst10_figures_are_a_table_with_a_row_per_method():
 
 
 @pytest.mark.ray
-def test_quick_pipeline_is_compact_and_shows_personalization(tmp_path):
+def test_quick_pipeline_is_compact_and_shows_personalization(tmp_path, embedding_cache):
     out = tmp_path / "pipeline"
-    argv = ["--quick", "true", "--out", str(out), "--cache_dir", str(tmp_path / "cache")]
+    argv = ["--quick", "true", "--out", str(out), "--cache_dir", str(embedding_cache)]
     printed = run_pipeline(*argv, "--port", "8151")
 
     assert len(printed.splitlines()) < MAX_LINES, printed

@@ -64,6 +64,7 @@ def test_the_served_judge_orders_responses_as_the_shrunk_model(differing):
         np.testing.assert_allclose(
             ours / np.linalg.norm(ours), theirs / np.linalg.norm(theirs), atol=1e-5
         )
+    assert model.personalize(support, []) == judge.personalize(support, []) == {}
     cold = judge.rubrics(PairSet.empty(data.pairs.dim), ["new"])["new"]
     lam = model.lams[0]
     assert cold[-2] == pytest.approx((1 - lam) / (1 + lam * (model.scale - 1)))

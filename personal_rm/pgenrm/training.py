@@ -125,17 +125,26 @@ def completion_logprobs(
     completions: Sequence[list[int]],
     pad_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(token) of each completion token, (B, T), and the mask of real completion tokens."""
+    """log π(token) of each completion token, (B, T), and the mask of real completion tokens.
+
+    The output layer runs on the completion positions only: a judge's prompt (history and
+    responses) is several times its chain, and full-vocabulary logits over every position
+    (B x T x 49k floats for SmolLM2, and as much again for their gradient) held 14 GB in a
+    group of 8. The decoder's last hidden states go through the model's own output layer,
+    so a model that rescales its logits after it (soft-capping) is not supported."""
     rows = [
         {"input_ids": p + c, "labels": [IGNORE] * len(p) + c}
         for p, c in zip(prompts, completions, strict=True)
     ]
     batch = {k: v.to(_device(model)) for k, v in collate(rows, pad_id).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token_logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    token_logps = torch.zeros(labels.shape, dtype=logits.dtype, device=logits.device)
+    token_logps[mask] = -torch.nn.functional.cross_entropy(logits, labels[mask], reduction="none")
     return token_logps, mask
 
 
