@@ -17,9 +17,8 @@ do (Jester) it keeps MRM's gain. The correction is `bt_user` centred on base_u: 
 shared bases cap what a user can express, the correction is full-dimensional and as strong as
 the user's rows warrant. At each k>0 the candidates (lam_k, tau) and (0, tau) (bt_user itself)
 join (lam_k, no correction), judged by the same rule against global BT, every candidate
-counted in the simultaneous bound. A user
-with n support rows takes the lam and tau of the largest bucket k <= n; a bucket with too few
-validation users to judge inherits the one below it.
+counted in the simultaneous bound. A user with n support rows takes the lam and tau of the
+largest bucket k <= n; a bucket with too few validation users to judge inherits the one below.
 
     python -m jobs.evaluate --methods bt_global,mrm,mrm_shrunk --k 0,2,4,8,16
 """
@@ -295,8 +294,10 @@ class ShrunkMRM:
             lams[k], l2s[k] = previous = best
         return scale, lams, l2s, chosen
 
-    def _bases(self, lam: float, mrm_thetas: np.ndarray) -> np.ndarray:
-        """(U, d) shrunk rewards: (1 - lam) * global + lam * c * MRM's."""
+    def _bases(self, lam: float | np.ndarray, mrm_thetas: np.ndarray) -> np.ndarray:
+        """(U, d) shrunk rewards (1 - lam) * global + lam * c * MRM's, lam one or one per user
+        (U,): lam = 0 gives global BT exactly (1 * global + 0)."""
+        lam = np.asarray(lam, dtype=np.float64)[..., None]
         return (1 - lam) * self.theta_global + lam * self.scale * mrm_thetas
 
     def _user_gain(
@@ -333,8 +334,7 @@ class ShrunkMRM:
             seen, n_rows = user in self.seen_users, counts.get(user, 0)
             lams[i] = self.lam_for(n_rows, seen)
             precisions.append(l2_at(self.seen_l2s if seen else self.l2s, n_rows))
-        bases = (1 - lams[:, None]) * self.theta_global + lams[:, None] * self.scale * mrm
-        bases[lams == 0] = self.theta_global  # exactly global BT
+        bases = self._bases(lams, mrm)
         thetas = corrected(support, users, bases, precisions, self.baselines.max_iter)
         return {u: LinearReward(thetas[i]) for i, u in enumerate(users)}
 

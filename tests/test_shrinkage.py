@@ -24,15 +24,19 @@ def split_of(data, seed=0):
     return split, train, data.pairs.take(val_rows)
 
 
-@pytest.fixture(scope="module")
-def differing(one_thread):
-    """Users near one of three taste directions: personalization must pay. 150 users: with
-    90 (27 validation users) the simultaneous lower bound earned only lam=0.4 at k=8."""
-    data = mixture_users(150, 40, n_bases=3, concentration=0.1, seed=4)
+def fitted(data):
+    """(data, split, train, validation, mrm_shrunk fitted on them)."""
     split, train, validation = split_of(data)
     model = ShrunkMRM(FAST)
     model.fit(train, validation)
     return data, split, train, validation, model
+
+
+@pytest.fixture(scope="module")
+def differing(one_thread):
+    """Users near one of three taste directions: personalization must pay. 150 users: with
+    90 (27 validation users) the simultaneous lower bound earned only lam=0.4 at k=8."""
+    return fitted(mixture_users(150, 40, n_bases=3, concentration=0.1, seed=4))
 
 
 def test_lam_zero_is_global_bt_exactly(one_thread):
@@ -94,11 +98,7 @@ def test_the_served_chains_carry_the_users_own_record(bases_fall_short):
 def bases_fall_short(one_thread):
     """Users near one of 12 taste directions, MRM with 3 bases: only a per-user correction can
     reach most of them."""
-    data = mixture_users(150, 40, n_bases=12, concentration=0.05, seed=6)
-    split, train, validation = split_of(data)
-    model = ShrunkMRM(FAST)
-    model.fit(train, validation)
-    return data, split, train, validation, model
+    return fitted(mixture_users(150, 40, n_bases=12, concentration=0.05, seed=6))
 
 
 def test_the_own_correction_is_taken_where_the_bases_fall_short(bases_fall_short):
