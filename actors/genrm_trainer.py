@@ -17,6 +17,7 @@ step, and keeps the starting (SFT) model frozen on every worker as the KL refere
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -295,7 +296,8 @@ def rl_loop(loop: dict[str, Any]) -> list[dict[str, float]]:
             steps.append({**metrics, "step_seconds": time.perf_counter() - started})
             progress.step(epoch, step, f"reward={metrics['reward']:.3f}")
         means = {k: float(np.mean([m[k] for m in steps])) for k in steps[0]}
-        history.append({"epoch": epoch, **means, "start_epoch": start_epoch})
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        history.append({"epoch": epoch, **means, "peak_rss_gib": peak, "start_epoch": start_epoch})
         _report(model, optimizer, tokenizer, history)
     return history
 

@@ -9,7 +9,8 @@ itself (transformers generate): the same prompts, steps and seeds, one run after
 Each run is `jobs.train_genrm --stages rl` with `--rl.rollout policy`, then `vllm` (an
 in-process engine per worker, its weights reloaded from the policy before every step). Per
 run: the wall time (Ray Train's start, the engine's, every step and the checkpoint), the mean
-seconds a step and of its sampling (measured in the worker), and the stage's metrics. The two
+seconds a step and of its sampling and the worker's peak resident memory (measured in the
+worker: with vLLM rollouts it holds the engine too), and the stage's metrics. The two
 runs' rewards differ only through sampling: the policies start from the same weights. Writes
 `--out` (JSON) and prints a table.
 """
@@ -58,14 +59,16 @@ def run(config: GRPORolloutsConfig) -> dict:
         rows.append({"rollout": rollout, "wall_seconds": round(wall, 1), "epochs": epochs})
         print(rows[-1], flush=True)
     table = [
-        "| rollout | wall (s) | s/step | sampling s/step | reward | parse rate | KL |",
-        "|---|---|---|---|---|---|---|",
+        "| rollout | wall (s) | s/step | sampling s/step | worker peak RSS (GiB) | reward | "
+        "parse rate | KL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         last = r["epochs"][-1]
         table.append(
             f"| {r['rollout']} | {r['wall_seconds']:.0f} | {last['step_seconds']:.1f} | "
-            f"{last['rollout_seconds']:.1f} | {last['reward']:.3f} | {last['parse_rate']:.2f} | "
+            f"{last['rollout_seconds']:.1f} | {last['peak_rss_gib']:.1f} | "
+            f"{last['reward']:.3f} | {last['parse_rate']:.2f} | "
             f"{last['kl']:.1e} |"
         )
     summary = ""
