@@ -72,6 +72,12 @@ class GenRMRayConfig(Config):
         "ddp", description="ddp, or fsdp to shard a large model (SFT only; GPU)."
     )
     dtype: str = Field("float32", description="Training weights dtype (bfloat16 on GPU).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of keeping "
+        "them: less memory for more compute (a GRPO step on a judge's long prompts keeps B x T "
+        "activations of every layer).",
+    )
     shuffle_rows: int = Field(
         256, ge=0, description="Each worker's seeded local shuffle buffer, in rows (0: none)."
     )
@@ -140,6 +146,8 @@ def _start(loop: dict[str, Any], lr: float, weight_decay: float = 0.0) -> tuple:
         with checkpoint.as_directory() as directory:
             model = AutoModelForCausalLM.from_pretrained(Path(directory) / MODEL_DIR, dtype=dtype)
             state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+    if ray_config.gradient_checkpointing:  # active in train mode only: generation keeps its cache
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = prepare_model(model, parallel_strategy=ray_config.strategy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     if state is not None:

@@ -147,7 +147,9 @@ def test_sft_then_rl_on_ray_train(ray_session, model_dir, tmp_path):
     before, _ = parse_failure_rate(model_dir)
     assert before >= 0.9
 
-    distributed = GenRMRayConfig(num_workers=2, storage_path=tmp_path / "ray", name="toy")
+    distributed = GenRMRayConfig(
+        num_workers=2, storage_path=tmp_path / "ray", name="toy", gradient_checkpointing=True
+    )
     sft = SFTConfig(epochs=7, batch_size=2, lr=5e-3)  # few epochs: each starts a Ray Data pass
     result = fit_genrm("sft", rows, model_dir, sft, distributed, tmp_path / "sft")
     losses = [epoch["loss"] for epoch in result.return_value]

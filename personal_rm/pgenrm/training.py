@@ -218,8 +218,8 @@ def grpo_step(
         "reward": float(rewards.mean()),
         "parse_rate": float(parsed.mean()),
         "correct_rate": float(correct.mean()),
-        "kl": float(kl),
-        "loss": float(loss),
+        "kl": float(kl.detach()),
+        "loss": float(loss.detach()),
         "rollout_seconds": rollout_seconds,
     }
     return loss, metrics
