@@ -77,7 +77,7 @@ def test_group_advantages_and_kl():
 
 
 def test_completion_logprobs_are_the_full_models_on_completion_tokens(model_dir):
-    """The output layer runs on completion positions only, and gives what the model's own
+    """Logits kept only where a completion token is predicted give what the model's full
     forward gives there (prompts and completions of different lengths, right-padded)."""
     model = TransformersBackend.load(str(model_dir)).model
     prompts, completions = [[5, 6, 7, 8, 9], [10, 11]], [[12, 13], [14, 15, 16, 17]]

@@ -127,24 +127,28 @@ def completion_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(token) of each completion token, (B, T), and the mask of real completion tokens.
 
-    The output layer runs on the completion positions only: a judge's prompt (history and
-    responses) is several times its chain, and full-vocabulary logits over every position
-    (B x T x 49k floats for SmolLM2, and as much again for their gradient) held 14 GB in a
-    group of 8. The decoder's last hidden states go through the model's own output layer,
-    so a model that rescales its logits after it (soft-capping) is not supported."""
+    Logits are kept (`logits_to_keep`) only at the positions that predict some row's completion
+    token: a judge's prompt (history and responses) is several times its chain, and
+    full-vocabulary logits at every position (B x T x 49k floats for SmolLM2, and as much
+    again for their gradient) held 14 GB in a group of 8. The call goes through the model's
+    own forward, so a DDP wrapper syncs gradients and a model that rescales its logits still
+    does."""
     rows = [
         {"input_ids": p + c, "labels": [IGNORE] * len(p) + c}
         for p, c in zip(prompts, completions, strict=True)
     ]
     batch = {k: v.to(_device(model)) for k, v in collate(rows, pad_id).items()}
-    hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    labels = batch["labels"][:, 1:]
+    labels = batch["labels"][:, 1:]  # position t predicts token t + 1
     mask = labels != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
-    token_logps = torch.zeros(labels.shape, dtype=logits.dtype, device=logits.device)
-    token_logps[mask] = -torch.nn.functional.cross_entropy(logits, labels[mask], reduction="none")
+    keep = mask.any(0).nonzero().squeeze(1)  # sorted positions
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits  # (B, len(keep), V)
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels[:, keep], ignore_index=IGNORE, reduction="none"
+    )  # 0 where another row's completion was kept
+    token_logps = torch.zeros(labels.shape, dtype=ce.dtype, device=ce.device)
+    token_logps[:, keep] = -ce
     return token_logps, mask
 
 
