@@ -4,7 +4,7 @@
     python -m jobs.pipeline --quick true           # a slice, a couple of minutes
     ray job submit --working-dir . -- python -m jobs.pipeline --data jester
 
-Stages: embed -> baselines -> MRM meta-training (Ray Train), and MRM shrunk to global BT ->
+Stages: embed -> baselines -> MRM meta-training (Ray Train), then `mrm_shrunk` around it ->
 rubric chains + prototypes -> evaluation of every method (tables + plot) -> the Serve app,
 where two seen users with opposite tastes pick different winners and a cold-start user's
 feedback flips a ranking (`serve_app.deploy.demo_personalization`) -> shut down. Each stage's
