@@ -244,7 +244,7 @@ def cold_start(
         client.post("/v1/feedback", json={"user_id": user, **_item(comparison)}).raise_for_status()
         steps.append(_cold_step(client, user, target, method, h))
     against = len(case.feedback) + len(case.targets)
-    return showcase.ColdShown(case.user, user, against, len(by_user[case.user]), target, steps)
+    return showcase.ColdShown(case.user, user, against, len(histories[case.user]), target, steps)
 
 
 def demo_personalization(
