@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from personal_rm.config import Config
 from personal_rm.data.splits import user_rng
 from personal_rm.features import PairSet
 from personal_rm.reward import LinearReward
+
+T = TypeVar("T")
 
 
 class BaselineConfig(Config):
@@ -62,6 +65,11 @@ class BaselineConfig(Config):
 def bucket_of(n_rows: int, buckets: Sequence[int]) -> int:
     """The largest support size in `buckets` (sorted, starting at 0) that n_rows reaches."""
     return max(b for b in buckets if b <= n_rows)
+
+
+def at_bucket(table: Mapping[int, T], n_rows: int) -> T:
+    """What `table` (support size -> choice, with 0 in it) holds for a user with n_rows."""
+    return table[bucket_of(n_rows, sorted(table))]
 
 
 def validation_episodes(
@@ -179,9 +187,8 @@ class PerUserBT:
                 self.l2_by_bucket[k] = self.l2_by_bucket[max(self.l2_by_bucket)]
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
-        buckets = sorted(self.l2_by_bucket)
         counts = {u: len(r) for u, r in support.rows_by_user().items()}
-        l2 = {u: self.l2_by_bucket[bucket_of(counts.get(u, 0), buckets)] for u in users}
+        l2 = {u: at_bucket(self.l2_by_bucket, counts.get(u, 0)) for u in users}
         return self._fit(support, users, l2)
 
     def _fit(

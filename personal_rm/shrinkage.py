@@ -35,7 +35,7 @@ from pydantic import Field
 from personal_rm.artefacts import Artefact, join, part
 from personal_rm.baselines import (
     BaselineConfig,
-    bucket_of,
+    at_bucket,
     fit_global_theta,
     map_thetas,
     validation_episodes,
@@ -132,7 +132,7 @@ def choose_lam(
 
 def l2_at(l2s: Mapping[int, float | None], n_rows: int) -> float | None:
     """The correction's precision for a user with n_rows (None: no correction)."""
-    return l2s[bucket_of(n_rows, sorted(l2s))] if l2s and n_rows else None
+    return at_bucket(l2s, n_rows) if l2s and n_rows else None
 
 
 def corrected(
@@ -319,8 +319,7 @@ class ShrunkMRM:
         return gain / np.bincount(index, minlength=len(users))
 
     def lam_for(self, n_rows: int, seen: bool = False) -> float:
-        lams = self.seen_lams if seen else self.lams
-        return lams[bucket_of(n_rows, sorted(lams))]
+        return at_bucket(self.seen_lams if seen else self.lams, n_rows)
 
     def personalize(self, support: PairSet, users: Sequence[str]) -> Mapping[str, LinearReward]:
         users = list(users)
@@ -379,15 +378,12 @@ class ShrunkJudge(RubricJudge):
         zero = np.zeros_like(self.theta_global)
         return np.vstack([super().heads, self.theta_global[None], zero[None]])
 
-    def lam_for(self, n_rows: int) -> float:
-        return self.lams[bucket_of(n_rows, sorted(self.lams))]
-
     def rubrics(self, support: PairSet, users: Sequence[str]) -> dict[str, np.ndarray]:
         """The shared part's weights (the own record's is 0): see `own_heads`."""
         counts = {u: len(rows) for u, rows in support.rows_by_user().items()}
         out = {}
         for user, w in super().rubrics(support, users).items():
-            lam = self.lam_for(counts.get(user, 0))
+            lam = at_bucket(self.lams, counts.get(user, 0))
             mixed = np.append(lam * self.scale * w, [1.0 - lam, 0.0])
             out[user] = mixed / mixed.sum()
         return out
@@ -400,7 +396,8 @@ class ShrunkJudge(RubricJudge):
         precision of a user with `n_rows`. The shared part is lam*c*w + (1 - lam)*global, whose
         weights sum to s = 1 - lam + lam*c; the own record weighs 1 beside it."""
         heads = np.repeat(self.heads[None], len(users), axis=0)
-        s = np.array([1 - lam + lam * self.scale for lam in map(self.lam_for, n_rows)])
+        lams = np.array([at_bucket(self.lams, n) for n in n_rows])
+        s = 1 - lams + lams * self.scale
         bases = s[:, None] * (rubrics @ self.heads)
         taus = [l2_at(self.l2s, n) for n in n_rows]
         heads[:, -1] = corrected(support, users, bases, taus, self.max_iter) - bases
@@ -431,9 +428,9 @@ class ShrunkJudge(RubricJudge):
     ) -> Samples:
         """n chains for each history on one request (R, d): each draw's shared rubric and own
         record both fitted on the same bootstrap resample of the history."""
-        draws = np.stack(self.sample_rubrics(histories, n, seed))  # (H, n, K)
-        weights, heads = draws, np.broadcast_to(self.heads, (*draws.shape, request.shape[-1]))
         parts = resamples(histories, n, seed)
+        draws = np.stack(self.resampled_rubrics(histories, parts, n))  # (H, n, K)
+        weights, heads = draws, np.broadcast_to(self.heads, (*draws.shape, request.shape[-1]))
         if parts:
             merged = PairSet.concat(parts)
             pseudo = merged.users()  # "i:j": draw j of history i

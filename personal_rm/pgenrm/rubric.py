@@ -292,7 +292,16 @@ class RubricJudge:
         (seed, the history's user id), so a neighbour's draw is the same whenever it is made:
         servers can cache it. An empty history gives w0 n times.
         """
-        parts = resamples(histories, n, seed)
+        return self.resampled_rubrics(histories, resamples(histories, n, seed), n, max_rows)
+
+    def resampled_rubrics(
+        self,
+        histories: Sequence[PairSet],
+        parts: Sequence[PairSet],
+        n: int,
+        max_rows: int = 200_000,
+    ) -> list[np.ndarray]:
+        """`sample_rubrics` on resamples already drawn (`resamples(histories, n, seed)`)."""
         weights = {"prior": self.prior}
         step = max(1, max_rows // max([len(h) for h in histories] + [1]))
         for start in range(0, len(parts), step):
